@@ -1,0 +1,45 @@
+import { PGlite } from '@electric-sql/pglite';
+import type { Queryable, SqlDriver } from './driver.js';
+
+/**
+ * The embedded default: PostgreSQL compiled to WASM, in this process, persisted under a folder
+ * (or in memory when none is given). One connection; LISTEN/NOTIFY works within this process only,
+ * which is all a single-node cluster needs.
+ */
+export class PgliteDriver implements SqlDriver {
+  readonly description: string;
+
+  private constructor(private readonly db: PGlite, dataDir: string | undefined) {
+    this.description = `pglite:${dataDir ?? 'memory'}`;
+  }
+
+  /** Opens (creating if needed) a database in `dataDir`; undefined means in memory. */
+  static async open(dataDir?: string): Promise<PgliteDriver> {
+    const db = dataDir ? new PGlite(dataDir) : new PGlite();
+    await db.waitReady;
+    return new PgliteDriver(db, dataDir);
+  }
+
+  async query<T>(sql: string, params?: readonly unknown[]): Promise<T[]> {
+    const res = await this.db.query<T>(sql, params as unknown[] | undefined);
+    return res.rows;
+  }
+
+  async exec(sql: string): Promise<void> {
+    await this.db.exec(sql);
+  }
+
+  async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
+    return this.db.transaction(async (t) => fn({ query: async <R>(sql: string, params?: readonly unknown[]) => (await t.query<R>(sql, params as unknown[] | undefined)).rows }));
+  }
+
+  async listen(channel: string, onNotify: () => void, onHealth: (healthy: boolean) => void): Promise<() => Promise<void>> {
+    const unlisten = await this.db.listen(channel, () => onNotify());
+    onHealth(true);
+    return unlisten;
+  }
+
+  async close(): Promise<void> {
+    await this.db.close();
+  }
+}

@@ -1,0 +1,32 @@
+/**
+ * The schema, as a numbered, append-only list: a released migration is never edited, only
+ * followed by a new one. Each runs once, in a transaction, under an advisory lock so that
+ * replicas starting together do not race.
+ */
+export const migrations: readonly { id: number; name: string; sql: string }[] = [
+  {
+    id: 1,
+    name: 'resources, change log, version counter',
+    sql: `
+      CREATE TABLE postern_version (id int PRIMARY KEY CHECK (id = 1), version bigint NOT NULL, compacted bigint NOT NULL DEFAULT 0);
+      INSERT INTO postern_version (id, version) VALUES (1, 0);
+      CREATE TABLE postern_resources (
+        kind text NOT NULL,
+        name text NOT NULL,
+        uid uuid NOT NULL UNIQUE,
+        version bigint NOT NULL,
+        body jsonb NOT NULL,
+        PRIMARY KEY (kind, name)
+      );
+      CREATE TABLE postern_changes (
+        version bigint PRIMARY KEY,
+        kind text NOT NULL,
+        name text NOT NULL,
+        type text NOT NULL CHECK (type IN ('ADDED', 'MODIFIED', 'DELETED')),
+        body jsonb NOT NULL,
+        at timestamptz NOT NULL DEFAULT now()
+      );
+      CREATE TABLE postern_internal (key text PRIMARY KEY, value jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
+    `,
+  },
+];

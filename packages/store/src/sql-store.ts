@@ -1,0 +1,376 @@
+import { randomUUID } from 'node:crypto';
+import { PosternError, type AnyResource } from '@postern/apis';
+import type { Queryable, SqlDriver } from './drivers/driver.js';
+import { parseLabelSelector } from './labels.js';
+import { migrations } from './migrations.js';
+import type {
+  BatchOp,
+  ListOptions,
+  ListResult,
+  ResourceStore,
+  Watch,
+  WatchEvent,
+  WatchEventType,
+  WatchOptions,
+  WriteOptions,
+} from './types.js';
+
+const channel = 'postern_changes';
+/** How often an idle watch looks for changes even without a NOTIFY (a lost wake-up costs at most this). */
+const pollIntervalMs = 1000;
+const pageSize = 1000;
+
+const unavailableCodes = new Set(['ECONNREFUSED', 'ECONNRESET', 'EPIPE', 'ETIMEDOUT', 'ENOTFOUND', '57P01', '57P02', '57P03', '53300']);
+
+/** Turns driver errors into PosternErrors with stable codes; passes PosternErrors through. */
+export function mapDbError(err: unknown): Error {
+  if (err instanceof PosternError) return err;
+  const e = err as { code?: string; message?: string };
+  if (e.code === '23505') return new PosternError('ERR_ALREADY_EXISTS', 'a resource with that kind and name already exists');
+  const msg = e.message ?? '';
+  if (
+    (e.code && (unavailableCodes.has(e.code) || e.code.startsWith('08'))) ||
+    /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error|Cannot use a pool after calling end|terminating connection/i.test(msg)
+  ) {
+    return new PosternError('ERR_STORE_UNAVAILABLE', `the database is unreachable (${msg || e.code}); retry shortly`);
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}
+
+interface ChangeRow {
+  version: string;
+  type: WatchEventType;
+  body: AnyResource;
+}
+
+function withVersion(r: AnyResource, version: string): AnyResource {
+  return { ...r, metadata: { ...r.metadata, resourceVersion: version } };
+}
+
+/** The one ResourceStore implementation, over any SqlDriver (pg or PGlite). */
+export class SqlStore implements ResourceStore {
+  private readonly wakers = new Set<() => void>();
+  private unlisten: (() => Promise<void>) | undefined;
+  private ticker: NodeJS.Timeout | undefined;
+  private closed = false;
+  private readonly healthListeners = new Set<(healthy: boolean, err?: Error) => void>();
+
+  private constructor(readonly driver: SqlDriver, private readonly now: () => Date) {}
+
+  /** Runs pending migrations and starts listening for changes. `now` is injectable for tests. */
+  static async open(driver: SqlDriver, opts: { now?: () => Date } = {}): Promise<SqlStore> {
+    const store = new SqlStore(driver, opts.now ?? (() => new Date()));
+    await store.migrate();
+    store.unlisten = await driver.listen(
+      channel,
+      () => store.wakeAll(),
+      (healthy, err) => {
+        for (const l of store.healthListeners) l(healthy, err);
+        if (healthy) store.wakeAll();
+      },
+    );
+    store.ticker = setInterval(() => store.wakeAll(), pollIntervalMs);
+    store.ticker.unref();
+    return store;
+  }
+
+  private async migrate(): Promise<void> {
+    await this.driver.exec('CREATE TABLE IF NOT EXISTS postern_migrations (id int PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())');
+    await this.driver.transaction(async (tx) => {
+      await tx.query(`SELECT pg_advisory_xact_lock(7423001)`);
+      const done = new Set((await tx.query<{ id: number }>('SELECT id FROM postern_migrations')).map((r) => Number(r.id)));
+      for (const m of migrations) {
+        if (done.has(m.id)) continue;
+        for (const stmt of m.sql.split(';').map((s) => s.trim()).filter(Boolean)) await tx.query(stmt);
+        await tx.query('INSERT INTO postern_migrations (id, name) VALUES ($1, $2)', [m.id, m.name]);
+      }
+    });
+  }
+
+  private wakeAll(): void {
+    for (const w of this.wakers) w();
+  }
+
+  private async run<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.closed) throw new PosternError('ERR_STORE_UNAVAILABLE', 'the store is closed');
+    try {
+      return await fn();
+    } catch (err) {
+      throw mapDbError(err);
+    }
+  }
+
+  async get(kind: string, name: string): Promise<AnyResource | undefined> {
+    return this.run(async () => {
+      const rows = await this.driver.query<{ version: string; body: AnyResource }>(
+        'SELECT version::text AS version, body FROM postern_resources WHERE kind = $1 AND name = $2',
+        [kind, name],
+      );
+      const row = rows[0];
+      return row ? withVersion(row.body, row.version) : undefined;
+    });
+  }
+
+  async list(kind: string, opts: ListOptions = {}): Promise<ListResult> {
+    const matches = parseLabelSelector(opts.labelSelector);
+    const snap = await this.snapshot([kind]);
+    return { items: snap.items.filter((r) => matches(r.metadata.labels)), version: snap.version };
+  }
+
+  async snapshot(kinds: readonly string[]): Promise<ListResult> {
+    return this.run(() =>
+      this.driver.transaction(async (tx) => {
+        await tx.query('SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY');
+        const [v] = await tx.query<{ version: string }>('SELECT version::text AS version FROM postern_version WHERE id = 1');
+        const rows = await tx.query<{ version: string; body: AnyResource }>(
+          'SELECT version::text AS version, body FROM postern_resources WHERE kind = ANY($1::text[]) ORDER BY kind, name',
+          [kinds],
+        );
+        return { items: rows.map((r) => withVersion(r.body, r.version)), version: v!.version };
+      }),
+    );
+  }
+
+  async create(resource: AnyResource): Promise<AnyResource> {
+    return (await this.batch([{ op: 'create', resource }]))[0]!;
+  }
+
+  async update(resource: AnyResource, opts: WriteOptions = {}): Promise<AnyResource> {
+    return (await this.batch([{ op: 'update', resource, ...(opts.ifVersion !== undefined ? { ifVersion: opts.ifVersion } : {}) }]))[0]!;
+  }
+
+  async delete(kind: string, name: string, opts: WriteOptions = {}): Promise<AnyResource> {
+    return (await this.batch([{ op: 'delete', kind, name, ...(opts.ifVersion !== undefined ? { ifVersion: opts.ifVersion } : {}) }]))[0]!;
+  }
+
+  async batch(ops: readonly BatchOp[]): Promise<AnyResource[]> {
+    if (ops.length === 0) return [];
+    const out = await this.run(() =>
+      this.driver.transaction(async (tx) => {
+        // Taking the counter row's lock serialises writers until commit, so versions become
+        // visible in the order they were handed out and a watcher never skips one.
+        const [row] = await tx.query<{ version: string }>(
+          'UPDATE postern_version SET version = version + $1 WHERE id = 1 RETURNING version::text AS version',
+          [ops.length],
+        );
+        let next = BigInt(row!.version) - BigInt(ops.length);
+        const results: AnyResource[] = [];
+        const at = this.now().toISOString();
+        for (const op of ops) {
+          next += 1n;
+          results.push(await this.applyOp(tx, op, String(next), at));
+        }
+        await tx.query('SELECT pg_notify($1, $2)', [channel, String(next)]);
+        return results;
+      }),
+    );
+    this.wakeAll();
+    return out;
+  }
+
+  private async applyOp(tx: Queryable, op: BatchOp, version: string, at: string): Promise<AnyResource> {
+    const kind = op.op === 'delete' ? op.kind : op.resource.kind;
+    const name = op.op === 'delete' ? op.name : op.resource.metadata.name;
+    const change = async (type: WatchEventType, body: AnyResource) => {
+      await tx.query('INSERT INTO postern_changes (version, kind, name, type, body) VALUES ($1, $2, $3, $4, $5::jsonb)', [
+        version,
+        kind,
+        name,
+        type,
+        JSON.stringify(body),
+      ]);
+      return body;
+    };
+    if (op.op === 'create') {
+      const { resourceVersion: _ignored, ...meta } = op.resource.metadata;
+      const body: AnyResource = {
+        ...op.resource,
+        metadata: { ...meta, uid: randomUUID(), createdAt: at, updatedAt: at, resourceVersion: version },
+      };
+      const inserted = await tx.query(
+        'INSERT INTO postern_resources (kind, name, uid, version, body) VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT (kind, name) DO NOTHING RETURNING 1',
+        [kind, name, body.metadata.uid, version, JSON.stringify(body)],
+      );
+      if (inserted.length === 0) throw new PosternError('ERR_ALREADY_EXISTS', `${kind} "${name}" already exists`);
+      return change('ADDED', body);
+    }
+    const [current] = await tx.query<{ version: string; body: AnyResource }>(
+      'SELECT version::text AS version, body FROM postern_resources WHERE kind = $1 AND name = $2',
+      [kind, name],
+    );
+    if (!current) throw new PosternError('ERR_NOT_FOUND', `${kind} "${name}" not found`);
+    const expected = op.ifVersion ?? (op.op === 'update' ? op.resource.metadata.resourceVersion : undefined);
+    if (expected !== undefined && expected !== '' && expected !== current.version) {
+      throw new PosternError(
+        'ERR_CONFLICT',
+        `${kind} "${name}" was changed by someone else (you had version ${expected}, it is now ${current.version}); get it again and retry`,
+      );
+    }
+    if (op.op === 'delete') {
+      await tx.query('DELETE FROM postern_resources WHERE kind = $1 AND name = $2', [kind, name]);
+      return change('DELETED', withVersion(current.body, version));
+    }
+    const body: AnyResource = {
+      ...op.resource,
+      metadata: {
+        ...op.resource.metadata,
+        uid: current.body.metadata.uid,
+        createdAt: current.body.metadata.createdAt,
+        updatedAt: at,
+        resourceVersion: version,
+      },
+    };
+    await tx.query('UPDATE postern_resources SET version = $3, body = $4::jsonb WHERE kind = $1 AND name = $2', [
+      kind,
+      name,
+      version,
+      JSON.stringify(body),
+    ]);
+    return change('MODIFIED', body);
+  }
+
+  async currentVersion(): Promise<string> {
+    return this.run(async () => {
+      const [v] = await this.driver.query<{ version: string }>('SELECT version::text AS version FROM postern_version WHERE id = 1');
+      return v!.version;
+    });
+  }
+
+  async compact(version: string): Promise<void> {
+    await this.run(() =>
+      this.driver.transaction(async (tx) => {
+        await tx.query('UPDATE postern_version SET compacted = GREATEST(compacted, LEAST($1::bigint, version)) WHERE id = 1', [version]);
+        await tx.query('DELETE FROM postern_changes WHERE version <= (SELECT compacted FROM postern_version WHERE id = 1)');
+      }),
+    );
+  }
+
+  watch(opts: WatchOptions, onEvent: (event: WatchEvent) => void | Promise<void>): Watch {
+    const kinds = opts.kinds ? new Set(opts.kinds) : undefined;
+    let closed = false;
+    let cursor: bigint | undefined = opts.fromVersion !== undefined && opts.fromVersion !== '' ? BigInt(opts.fromVersion) : undefined;
+    let wake: (() => void) | undefined;
+    let pending = false;
+    const waiters: { version: bigint; resolve: () => void }[] = [];
+    const waker = () => {
+      pending = true;
+      wake?.();
+    };
+    this.wakers.add(waker);
+    let healthy = true;
+    const settleWaiters = () => {
+      for (let i = waiters.length - 1; i >= 0; i--) {
+        if (cursor !== undefined && waiters[i]!.version <= cursor) waiters.splice(i, 1)[0]!.resolve();
+      }
+    };
+    const fail = (err: Error) => {
+      closed = true;
+      this.wakers.delete(waker);
+      opts.onError?.(err);
+    };
+    const loop = async () => {
+      let backoff = 50;
+      while (!closed && !this.closed) {
+        try {
+          if (cursor === undefined) cursor = BigInt(await this.currentVersion());
+          pending = false;
+          const rows = await this.driver.query<ChangeRow & { compacted: string }>(
+            `SELECT c.version::text AS version, c.type, c.body, v.compacted::text AS compacted
+               FROM postern_version v LEFT JOIN LATERAL (
+                 SELECT version, type, body FROM postern_changes WHERE version > $1 ORDER BY version LIMIT ${pageSize}
+               ) c ON true WHERE v.id = 1`,
+            [String(cursor)],
+          );
+          if (!healthy) {
+            healthy = true;
+            opts.onHealth?.(true);
+          }
+          backoff = 50;
+          const compacted = BigInt(rows[0]?.compacted ?? '0');
+          if (cursor < compacted) {
+            fail(new PosternError('ERR_WATCH_EXPIRED', `changes up to version ${compacted} were compacted; cannot resume from ${cursor}: list again`));
+            return;
+          }
+          const changes = rows.filter((r) => r.version !== null);
+          for (const row of changes) {
+            if (closed) return;
+            const v = BigInt(row.version);
+            if (v !== cursor + 1n) {
+              fail(new PosternError('ERR_WATCH_EXPIRED', `change ${cursor + 1n} is gone from the change log (compacted); list again`));
+              return;
+            }
+            if (!kinds || kinds.has(row.body.kind)) await onEvent({ type: row.type, resource: withVersion(row.body, row.version), version: row.version });
+            cursor = v;
+          }
+          settleWaiters();
+          if (changes.length === pageSize || pending) continue;
+          await new Promise<void>((resolve) => {
+            wake = resolve;
+            if (pending || closed) resolve();
+          });
+          wake = undefined;
+        } catch (err) {
+          if (closed || this.closed) return;
+          if (healthy) {
+            healthy = false;
+            opts.onHealth?.(false, mapDbError(err));
+          }
+          await new Promise((r) => setTimeout(r, backoff));
+          backoff = Math.min(backoff * 2, 2000);
+        }
+      }
+    };
+    void loop();
+    return {
+      close: () => {
+        closed = true;
+        this.wakers.delete(waker);
+        wake?.();
+        for (const w of waiters.splice(0)) w.resolve();
+      },
+      waitFor: (version: string) =>
+        new Promise<void>((resolve) => {
+          waiters.push({ version: BigInt(version), resolve });
+          settleWaiters();
+          waker();
+        }),
+    };
+  }
+
+  async getInternal<T>(key: string): Promise<T | undefined> {
+    return this.run(async () => {
+      const [row] = await this.driver.query<{ value: T }>('SELECT value FROM postern_internal WHERE key = $1', [key]);
+      return row?.value;
+    });
+  }
+
+  async putInternal<T>(key: string, value: T, opts: { onlyIfAbsent?: boolean } = {}): Promise<T> {
+    return this.run(async () => {
+      if (opts.onlyIfAbsent) {
+        await this.driver.query('INSERT INTO postern_internal (key, value) VALUES ($1, $2::jsonb) ON CONFLICT (key) DO NOTHING', [key, JSON.stringify(value)]);
+        return (await this.getInternal<T>(key)) as T;
+      }
+      await this.driver.query(
+        'INSERT INTO postern_internal (key, value) VALUES ($1, $2::jsonb) ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, updated_at = now()',
+        [key, JSON.stringify(value)],
+      );
+      return value;
+    });
+  }
+
+  /** Subscribes to the health of the change feed (the LISTEN connection). */
+  onHealth(listener: (healthy: boolean, err?: Error) => void): () => void {
+    this.healthListeners.add(listener);
+    return () => this.healthListeners.delete(listener);
+  }
+
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    if (this.ticker) clearInterval(this.ticker);
+    this.wakeAll();
+    this.wakers.clear();
+    await this.unlisten?.().catch(() => {});
+    await this.driver.close();
+  }
+}

@@ -1,0 +1,132 @@
+import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pg from 'pg';
+
+/** Finds initdb/postgres: Debian's /usr/lib/postgresql/<newest>/bin, else PATH. */
+function pgBinDir(): string {
+  const root = '/usr/lib/postgresql';
+  if (existsSync(root)) {
+    const versions = readdirSync(root).filter((v) => existsSync(join(root, v, 'bin', 'postgres'))).sort((a, b) => Number(b) - Number(a));
+    if (versions[0]) return join(root, versions[0], 'bin');
+  }
+  try {
+    return execFileSync('sh', ['-c', 'dirname "$(command -v postgres)"'], { encoding: 'utf8' }).trim();
+  } catch {
+    throw new Error('PostgreSQL server binaries not found: install them (Debian: apt-get install postgresql-15)');
+  }
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as { port: number }).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** PostgreSQL refuses to run as root: as root, run it as the `postgres` (or `nobody`) user. */
+function serverUser(): { uid: number; gid: number } | undefined {
+  if (process.getuid?.() !== 0) return undefined;
+  for (const name of ['postgres', 'nobody']) {
+    try {
+      const uid = Number(execFileSync('id', ['-u', name], { encoding: 'utf8' }).trim());
+      const gid = Number(execFileSync('id', ['-g', name], { encoding: 'utf8' }).trim());
+      return { uid, gid };
+    } catch {
+      // try the next one
+    }
+  }
+  throw new Error('running as root and found neither a postgres nor a nobody user to run PostgreSQL as');
+}
+
+/**
+ * A throwaway PostgreSQL server from the machine's binaries: initdb into a temp folder, a random
+ * loopback port, removed by `destroy()`. `stop()`/`start()` restart it on the same data and port.
+ */
+export class TestPostgres {
+  private proc: ChildProcess | undefined;
+  private constructor(readonly dir: string, readonly port: number, private readonly bin: string, private readonly user: { uid: number; gid: number } | undefined) {}
+
+  get url(): string {
+    return `postgres://postgres@127.0.0.1:${this.port}/postgres`;
+  }
+
+  static async create(): Promise<TestPostgres> {
+    const bin = pgBinDir();
+    const user = serverUser();
+    const dir = mkdtempSync(join(tmpdir(), 'postern-pg-'));
+    if (user) chownSync(dir, user.uid, user.gid);
+    const data = join(dir, 'data');
+    execFileSync(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-sync', '--no-instructions'], {
+      stdio: 'pipe',
+      ...(user ?? {}),
+    });
+    const pgSrv = new TestPostgres(dir, await freePort(), bin, user);
+    await pgSrv.start();
+    return pgSrv;
+  }
+
+  async start(): Promise<void> {
+    const proc = spawn(
+      join(this.bin, 'postgres'),
+      ['-D', join(this.dir, 'data'), '-p', String(this.port), '-k', this.dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200'],
+      { stdio: ['ignore', 'ignore', 'pipe'], ...(this.user ?? {}) },
+    );
+    let stderr = '';
+    proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
+    this.proc = proc;
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (proc.exitCode !== null) throw new Error(`postgres exited with ${proc.exitCode}: ${stderr}`);
+      const c = new pg.Client({ connectionString: this.url });
+      try {
+        await c.connect();
+        await c.end();
+        return;
+      } catch {
+        await c.end().catch(() => {});
+        if (Date.now() > deadline) throw new Error(`postgres did not accept connections within 20 s: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  }
+
+  /** Fast shutdown (SIGINT): connections are cut, data is kept. */
+  async stop(): Promise<void> {
+    const proc = this.proc;
+    this.proc = undefined;
+    if (!proc || proc.exitCode !== null) return;
+    await new Promise<void>((resolve) => {
+      proc.once('exit', () => resolve());
+      proc.kill('SIGINT');
+    });
+  }
+
+  /** Runs one SQL statement as the superuser (to kill connections in tests). */
+  async sql(text: string): Promise<unknown[]> {
+    const c = new pg.Client({ connectionString: this.url });
+    await c.connect();
+    try {
+      return (await c.query(text)).rows;
+    } finally {
+      await c.end();
+    }
+  }
+
+  /** A fresh database on this server, so suites do not see each other's data. */
+  async createDatabase(name: string): Promise<string> {
+    await this.sql(`CREATE DATABASE "${name}"`);
+    return `postgres://postgres@127.0.0.1:${this.port}/${name}`;
+  }
+
+  async destroy(): Promise<void> {
+    await this.stop();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
