@@ -9,3 +9,4 @@ export * from './kinds/index.js';
 export * from './names.js';
 export * from './validate.js';
 export * from './codec.js';
+export * from './references.js';

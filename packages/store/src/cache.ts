@@ -10,20 +10,29 @@ export type CacheListener = (event: WatchEvent | { type: 'RESYNC' }) => void;
  */
 export class ResourceCache {
   private readonly byKind = new Map<string, Map<string, AnyResource>>();
+  /** uid → name, per kind: tokens carry uids, which survive a rename-free delete and re-create. */
+  private readonly byUid = new Map<string, Map<string, string>>();
   private readonly listeners = new Set<CacheListener>();
   private watch: Watch | undefined;
   private closed = false;
   private version = '0';
 
   constructor(private readonly store: ResourceStore, readonly kinds: readonly string[], private readonly log: (msg: string, err?: Error) => void = () => {}) {
-    for (const k of kinds) this.byKind.set(k, new Map());
+    for (const k of kinds) {
+      this.byKind.set(k, new Map());
+      this.byUid.set(k, new Map());
+    }
   }
 
   /** Loads every resource of the kinds and follows changes from there. Resolves when loaded. */
   async start(): Promise<void> {
     const snap = await this.store.snapshot(this.kinds);
     for (const m of this.byKind.values()) m.clear();
-    for (const r of snap.items) this.byKind.get(r.kind)?.set(r.metadata.name, r);
+    for (const m of this.byUid.values()) m.clear();
+    for (const r of snap.items) {
+      this.byKind.get(r.kind)?.set(r.metadata.name, r);
+      if (r.metadata.uid) this.byUid.get(r.kind)?.set(r.metadata.uid, r.metadata.name);
+    }
     this.version = snap.version;
     this.watch?.close();
     this.watch = this.store.watch(
@@ -61,16 +70,26 @@ export class ResourceCache {
     const have = m.get(ev.resource.metadata.name);
     // Events may arrive twice (written locally, then seen on the watch): keep the newest only.
     if (have && BigInt(have.metadata.resourceVersion ?? '0') >= BigInt(ev.version) && ev.type !== 'DELETED') return;
+    const uids = this.byUid.get(ev.resource.kind)!;
     if (ev.type === 'DELETED') {
       if (have && BigInt(have.metadata.resourceVersion ?? '0') > BigInt(ev.version)) return;
       m.delete(ev.resource.metadata.name);
-    } else m.set(ev.resource.metadata.name, ev.resource);
+      if (ev.resource.metadata.uid) uids.delete(ev.resource.metadata.uid);
+    } else {
+      m.set(ev.resource.metadata.name, ev.resource);
+      if (ev.resource.metadata.uid) uids.set(ev.resource.metadata.uid, ev.resource.metadata.name);
+    }
     if (BigInt(ev.version) > BigInt(this.version)) this.version = ev.version;
     for (const l of this.listeners) l(ev);
   }
 
   get(kind: string, name: string): AnyResource | undefined {
     return this.byKind.get(kind)?.get(name);
+  }
+
+  getByUid(kind: string, uid: string): AnyResource | undefined {
+    const name = this.byUid.get(kind)?.get(uid);
+    return name === undefined ? undefined : this.get(kind, name);
   }
 
   list(kind: string): AnyResource[] {

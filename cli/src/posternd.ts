@@ -1,0 +1,117 @@
+import { resolve } from 'node:path';
+import { PosternError } from '@postern/apis';
+import { initCluster, startCluster } from '@postern/cluster';
+import { openStore } from '@postern/store';
+import { program, run } from './command.js';
+import type { Io } from './io.js';
+
+function nextSteps(domain: string, address: string, token: string | undefined, fingerprint: string | undefined): string {
+  const lines = [
+    `Postern is running for domain ${domain}`,
+    `  API        ${address}${fingerprint ? ` (TLS; cluster CA ${fingerprint})` : ' (plaintext)'}`,
+    '',
+  ];
+  if (token) {
+    lines.push(
+      'Root auth token (shown once; valid for one login within 7 days):',
+      `  ${token}`,
+      '',
+      'Next, in another terminal:',
+      `  npx postern login --domain ${domain} --api ${address} --auth-token ${token}`,
+    );
+  } else {
+    lines.push(
+      'The cluster was already initialized. Log in with an auth token, or make a new root token with',
+      `  npx posternd init --domain ${domain} --new-root-token   (same --data or --database)`,
+      '',
+      'Next:',
+      `  npx postern login --domain ${domain} --api ${address} --auth-token <token>`,
+    );
+  }
+  lines.push(
+    `  npx posternctl apply ../shared/examples/01-users-and-policies.yaml`,
+    '  npx posternctl get user',
+    '  npx posternctl create credential --user alice --type auth-token',
+    '',
+    'Stop with Ctrl-C.',
+    '',
+  );
+  return lines.join('\n');
+}
+
+/** `posternd`: runs the server components (all in one process with `up`, or one alone). */
+export async function main(argv: readonly string[], io: Io, onStarted?: (stop: () => Promise<void>) => void): Promise<number> {
+  const p = program('posternd', 'Postern server: the control plane and, later, the gateway.', io);
+  const storeFlags = (c: ReturnType<typeof p.command>) =>
+    c
+      .option('--data <dir>', 'embedded database folder (default: ./.postern)')
+      .option('--database <url>', 'a postgres:// URL instead of the embedded database (or $POSTERN_DATABASE_URL)');
+  const until = (stop: () => Promise<void>) =>
+    new Promise<void>((done) => {
+      const shutdown = () => {
+        process.off('SIGINT', shutdown);
+        process.off('SIGTERM', shutdown);
+        void stop().then(done);
+      };
+      process.on('SIGINT', shutdown);
+      process.on('SIGTERM', shutdown);
+      onStarted?.(async () => shutdown());
+    });
+
+  storeFlags(
+    p
+      .command('up')
+      .description('run every component in one process, initializing the cluster on first start')
+      .option('--domain <domain>', 'the cluster domain (required the first time)')
+      .option('--listen <host:port>', 'API address', '127.0.0.1:8443'),
+  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string }) => {
+    const cluster = await startCluster({
+      ...(o.domain ? { domain: o.domain } : {}),
+      dataDir: resolve(io.cwd, o.data ?? '.postern'),
+      ...(o.database ?? io.env.POSTERN_DATABASE_URL ? { database: o.database ?? io.env.POSTERN_DATABASE_URL } : {}),
+      listen: o.listen,
+      autoInit: true,
+    });
+    io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint));
+    await until(cluster.close);
+  });
+
+  storeFlags(
+    p
+      .command('apiserver')
+      .description('run the API server alone (the cluster must be initialized: `posternd init`)')
+      .option('--listen <host:port>', 'API address', '127.0.0.1:8443')
+      .option('--cert-name <name...>', 'extra DNS names for the server certificate'),
+  ).action(async (o: { data?: string; database?: string; listen: string; certName?: string[] }) => {
+    const cluster = await startCluster({
+      dataDir: resolve(io.cwd, o.data ?? '.postern'),
+      ...(o.database ?? io.env.POSTERN_DATABASE_URL ? { database: o.database ?? io.env.POSTERN_DATABASE_URL } : {}),
+      listen: o.listen,
+      autoInit: false,
+      ...(o.certName ? { certNames: o.certName } : {}),
+    });
+    io.err(`API server for ${cluster.domain} on ${cluster.address}\n`);
+    await until(cluster.close);
+  });
+
+  storeFlags(
+    p
+      .command('init')
+      .description('initialize a cluster: root user, its policy, keys; prints a one-time root auth token')
+      .requiredOption('--domain <domain>', 'the cluster domain')
+      .option('--new-root-token', 'on an initialized cluster, make a new one-time root auth token'),
+  ).action(async (o: { domain: string; data?: string; database?: string; newRootToken?: boolean }) => {
+    const database = o.database ?? io.env.POSTERN_DATABASE_URL;
+    const store = await openStore(database ? { database } : { dataDir: `${resolve(io.cwd, o.data ?? '.postern')}/db` });
+    try {
+      const res = await initCluster(store, { domain: o.domain, now: () => new Date(), ...(o.newRootToken ? { newRootToken: true } : {}) });
+      if (!res.rootToken) throw new PosternError('ERR_USAGE', `the cluster for ${res.info.domain} is already initialized; add --new-root-token for another root login`);
+      io.err(res.created ? `Initialized the cluster for ${o.domain}.\n` : `New root auth token for ${o.domain}:\n`);
+      io.out(`${res.rootToken}\n`);
+    } finally {
+      await store.close();
+    }
+  });
+
+  return run(p, argv, io);
+}

@@ -1,0 +1,106 @@
+import { mkdirSync } from 'node:fs';
+import { resolve } from 'node:path';
+import { PosternError } from '@postern/apis';
+import { ApiServer, apiCacheKinds } from '@postern/apiserver';
+import { AuthServer, ensureSigningKeys } from '@postern/authserver';
+import { ResourceCache, openStore, type SqlStore } from '@postern/store';
+import { pino, type Logger } from 'pino';
+import { clusterInfo, initCluster } from './init.js';
+import { clusterTls } from './tls.js';
+
+export interface ClusterOptions {
+  /** Cluster domain; required the first time, read from the data afterwards. */
+  domain?: string;
+  /** PGlite data folder; default `./.postern`. Ignored when `database` is set. */
+  dataDir?: string;
+  /** A `postgres://` URL instead of the embedded database. */
+  database?: string;
+  /** API listen address, `host:port`; default 127.0.0.1:8443. */
+  listen?: string;
+  /** Initialize the cluster if it is not yet (true for `up`, false for a lone `apiserver`). */
+  autoInit?: boolean;
+  /** Plaintext gRPC, for in-process tests only. */
+  insecure?: boolean;
+  /** Extra names for the server certificate (the public DNS name of the API). */
+  certNames?: string[];
+  logger?: Logger;
+  now?: () => Date;
+}
+
+export interface RunningCluster {
+  domain: string;
+  port: number;
+  address: string;
+  caPem?: string;
+  caFingerprint?: string;
+  /** Set only on the run that initialized the cluster. */
+  rootToken?: string;
+  store: SqlStore;
+  logger: Logger;
+  close(): Promise<void>;
+}
+
+const keyCheckMs = 6 * 3_600_000;
+
+/** Starts every server component present so far (API, auth) in this process. */
+export async function startCluster(opts: ClusterOptions): Promise<RunningCluster> {
+  const now = opts.now ?? (() => new Date());
+  const logger = opts.logger ?? pino({ name: 'posternd', redact: { paths: ['*.token', '*.accessToken', '*.refreshToken', '*.authorization', 'req.headers.authorization'], censor: '[redacted]' } }, pino.destination(2));
+  const dataDir = opts.database ? undefined : resolve(opts.dataDir ?? '.postern');
+  if (dataDir) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+  const store = await openStore({ ...(opts.database ? { database: opts.database } : { dataDir: `${dataDir}/db` }), now });
+  const cleanups: (() => Promise<void> | void)[] = [() => store.close()];
+  const closeAll = async () => {
+    for (const c of cleanups.reverse()) await c();
+  };
+  try {
+    let info = await clusterInfo(store);
+    let rootToken: string | undefined;
+    if (!info || (opts.domain && info.domain !== opts.domain)) {
+      if (!opts.autoInit && !info) throw new PosternError('ERR_USAGE', 'the cluster is not initialized: run `posternd init --domain <domain>` first');
+      if (!opts.domain) throw new PosternError('ERR_USAGE', 'the first start needs --domain (the cluster\'s DNS domain, e.g. example.com)');
+      const res = await initCluster(store, { domain: opts.domain, now });
+      info = res.info;
+      rootToken = res.rootToken;
+    }
+    let keys = await ensureSigningKeys(store, now());
+    const cache = new ResourceCache(store, apiCacheKinds, (msg, err) => logger.warn({ err }, msg));
+    await cache.start();
+    cleanups.push(() => cache.close());
+    const auth = new AuthServer(store, cache, keys, now);
+    // Rotate signing keys on schedule; every replica picks up the new ring.
+    const keyTimer = setInterval(() => {
+      void ensureSigningKeys(store, now())
+        .then((k) => {
+          if (k.length !== keys.length || k.at(-1)?.kid !== keys.at(-1)?.kid) {
+            keys = k;
+            auth.setKeys(k);
+            logger.info({ kids: k.map((x) => x.kid) }, 'signing keys rotated');
+          }
+        })
+        .catch((err: unknown) => logger.warn({ err }, 'signing key check failed; will retry'));
+    }, keyCheckMs);
+    keyTimer.unref();
+    cleanups.push(() => clearInterval(keyTimer));
+    const listen = opts.listen ?? '127.0.0.1:8443';
+    const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
+    const tls = opts.insecure ? undefined : await clusterTls(store, info.domain, [`api.${info.domain}`, 'localhost', '127.0.0.1', '::1', ...(host && host !== '0.0.0.0' && host !== '::' ? [host] : []), ...(opts.certNames ?? [])], now());
+    const api = new ApiServer({ store, cache, auth, domain: info.domain, logger, now, ...(tls ? { tls: { key: tls.key, cert: tls.cert } } : {}) });
+    const port = await api.listen(listen);
+    cleanups.push(() => api.close());
+    logger.info({ domain: info.domain, address: `${host}:${port}`, database: store.driver.description, tls: !!tls }, 'posternd is up');
+    return {
+      domain: info.domain,
+      port,
+      address: `${host.includes(':') ? `[${host}]` : host}:${port}`,
+      ...(tls ? { caPem: tls.caPem, caFingerprint: tls.caFingerprint } : {}),
+      ...(rootToken ? { rootToken } : {}),
+      store,
+      logger,
+      close: closeAll,
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}
