@@ -1,2 +1,4 @@
 /** Test harness: real components started and stopped by tests (PostgreSQL, posternd, CLIs). */
 export { TestPostgres, freePort } from './postgres.js';
+export { startTestCluster, type TestCluster, type CliResult } from './cluster.js';
+export { spawnPosternd, runBin, type RunningPosternd } from './process.js';

@@ -97,6 +97,7 @@ function mapZodIssue(schema: z.ZodType, doc: unknown, zi: z.core.$ZodIssue): Val
       });
     }
     case 'invalid_value':
+      if (value === undefined) return [at('ERR_REQUIRED', `required field is missing (one of ${zi.values.map((v) => JSON.stringify(v)).join(', ')})`)];
       return [at('ERR_INVALID_VALUE', `expected one of ${zi.values.map((v) => JSON.stringify(v)).join(', ')}, got ${typeName(value)}`)];
     case 'too_small':
     case 'too_big':

@@ -41,7 +41,7 @@ export function sanitize(r: AnyResource): AnyResource {
     const { data: _hidden, ...rest } = (r.spec ?? {}) as { data?: unknown };
     spec = rest;
   }
-  const { apiVersion, kind, metadata, status, ...others } = r;
+  const { apiVersion, kind, metadata, spec: _spec, status, ...others } = r;
   return { apiVersion: apiVersion ?? 'core/v1', kind, metadata, ...(spec ? { spec } : {}), ...(status ? { status } : {}), ...others };
 }
 

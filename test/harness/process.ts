@@ -1,0 +1,70 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { join } from 'node:path';
+
+const repo = join(import.meta.dirname, '../../..');
+const bin = (name: string) => join(repo, 'cli', 'bin', `${name}.js`);
+
+export interface RunningPosternd {
+  proc: ChildProcess;
+  address: string;
+  rootToken: string | undefined;
+  caFingerprint: string | undefined;
+  stdout: string;
+  stop(): Promise<number | null>;
+}
+
+/** Starts the real `posternd` binary and waits until it prints its banner. */
+export async function spawnPosternd(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<RunningPosternd> {
+  const proc = spawn(process.execPath, [bin('posternd'), ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const banner = await new Promise<string>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`posternd did not start within ${opts.timeoutMs ?? 30_000} ms:\n${stderr}`)), opts.timeoutMs ?? 30_000);
+    proc.stdout!.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      if (stdout.includes('Stop with Ctrl-C')) {
+        clearTimeout(timer);
+        resolve(stdout);
+      }
+    });
+    proc.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`posternd exited with ${code}:\n${stderr}`));
+    });
+  });
+  const address = banner.match(/API\s+(\S+)/)?.[1];
+  if (!address) throw new Error(`no API address in banner:\n${banner}`);
+  const token = banner.match(/Root auth token[^\n]*\n\s+(\S+)/)?.[1];
+  const fp = banner.match(/cluster CA (SHA256:[0-9A-F:]+)/)?.[1];
+  return {
+    proc,
+    address,
+    rootToken: token,
+    caFingerprint: fp,
+    stdout,
+    stop: () =>
+      new Promise((resolve) => {
+        if (proc.exitCode !== null) return resolve(proc.exitCode);
+        const kill = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+        proc.once('exit', (code) => {
+          clearTimeout(kill);
+          resolve(code);
+        });
+        proc.kill('SIGTERM');
+      }),
+  };
+}
+
+/** Runs `postern` or `posternctl` as a real process. */
+export function runBin(name: 'postern' | 'posternctl', args: string[], opts: { cwd: string; env: NodeJS.ProcessEnv; stdin?: string }): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve) => {
+    const proc = spawn(process.execPath, [bin(name), ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    let err = '';
+    proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    proc.stdin.end(opts.stdin ?? '');
+    proc.once('exit', (code) => resolve({ code, out, err }));
+  });
+}
