@@ -49,6 +49,13 @@ export class PgDriver implements SqlDriver {
   async transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T> {
     const client = await this.pool.connect();
     let broken = false;
+    // The pool listens for errors only on idle clients. A connection that dies while checked
+    // out (killed, server restart) emits 'error' on the client: without this listener that
+    // would be an uncaught exception. The pending query rejects on its own.
+    const onError = () => {
+      broken = true;
+    };
+    client.on('error', onError);
     try {
       await client.query('BEGIN');
       const tx: Queryable = {
@@ -65,6 +72,7 @@ export class PgDriver implements SqlDriver {
       }
       throw err;
     } finally {
+      client.removeListener('error', onError);
       client.release(broken);
     }
   }
