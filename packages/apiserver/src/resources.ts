@@ -14,7 +14,7 @@ import {
   type Kind,
 } from '@postern/apis';
 import { celIssues } from '@postern/policy';
-import type { BatchOp, ResourceStore } from '@postern/store';
+import { parseLabelSelector, type BatchOp, type ResourceCache, type ResourceStore } from '@postern/store';
 
 /** Resources `posternd init` made; `apply --prune` never removes them. */
 export const systemAnnotation = 'postern.io/managed-by';
@@ -61,7 +61,29 @@ interface Prepared {
  * references, Secret hiding, atomic apply with prune. Every write goes to the store in one batch.
  */
 export class ResourceService {
-  constructor(private readonly store: ResourceStore) {}
+  /** The newest version this service wrote: reads from the cache wait until it holds it. */
+  private lastWrite = 0n;
+
+  /**
+   * With a cache, `get` and `list` of the kinds it holds are served from memory, like the
+   * Kubernetes watch cache: consistent with every write made through this service, and at most
+   * the watch latency behind writes made by other replicas.
+   */
+  constructor(private readonly store: ResourceStore, private readonly cache?: ResourceCache) {}
+
+  private wrote<T extends AnyResource | AnyResource[]>(result: T): T {
+    for (const r of Array.isArray(result) ? result : [result]) {
+      const v = BigInt(r.metadata.resourceVersion ?? '0');
+      if (v > this.lastWrite) this.lastWrite = v;
+    }
+    return result;
+  }
+
+  private async cached(kind: Kind): Promise<ResourceCache | undefined> {
+    if (!this.cache?.kinds.includes(kind)) return undefined;
+    await this.cache.waitFor(String(this.lastWrite));
+    return this.cache;
+  }
 
   /** Validates a resource for writing: schema, name, CEL. Issues carry `document` when `index` is given. */
   prepare(input: unknown, index?: number): Prepared {
@@ -101,14 +123,21 @@ export class ResourceService {
 
   async get(kind: string, name: string): Promise<AnyResource> {
     const k = requireKind(kind);
-    const r = await this.store.get(k, canonicalName(k, name));
+    const cache = await this.cached(k);
+    const r = cache ? cache.get(k, canonicalName(k, name)) : await this.store.get(k, canonicalName(k, name));
     if (!r) throw new PosternError('ERR_NOT_FOUND', `${k} "${name}" not found`);
     return r;
   }
 
   async list(kind: string, labelSelector?: string, namespace?: string): Promise<{ items: AnyResource[]; version: string }> {
     const k = requireKind(kind);
-    const res = await this.store.list(k, labelSelector ? { labelSelector } : {});
+    const cache = await this.cached(k);
+    let res: { items: AnyResource[]; version: string };
+    if (cache) {
+      const matches = parseLabelSelector(labelSelector);
+      const items = cache.list(k).filter((r) => matches(r.metadata.labels)).sort((a, b) => a.metadata.name.localeCompare(b.metadata.name));
+      res = { items, version: cache.currentVersion };
+    } else res = await this.store.list(k, labelSelector ? { labelSelector } : {});
     const items = namespace && kindInfo[k].namespaced ? res.items.filter((r) => r.metadata.name.endsWith(`.${namespace}`)) : res.items;
     return { items, version: res.version };
   }
@@ -123,7 +152,7 @@ export class ResourceService {
       return resource;
     }
     const { status: _ignored, ...clean } = resource;
-    return this.store.create(clean);
+    return this.wrote(await this.store.create(clean));
   }
 
   async update(input: unknown, dryRun = false): Promise<AnyResource> {
@@ -131,10 +160,13 @@ export class ResourceService {
     if (issues.length) throw PosternError.fromIssues(issues);
     const refs = await this.missingReferences([{ r: resource }], () => undefined);
     if (refs.length) throw PosternError.fromIssues(refs);
-    const current = await this.get(resource.kind, resource.metadata.name);
+    // Read the stored copy, not the cache: the merge keeps its status, and the write is guarded
+    // by its version, so a change by someone else in between is a conflict, never lost.
+    const current = await this.store.get(resource.kind, resource.metadata.name);
+    if (!current) throw new PosternError('ERR_NOT_FOUND', `${resource.kind} "${resource.metadata.name}" not found`);
     const next = this.merged(current, resource);
     if (dryRun) return next;
-    return this.store.update(next, resource.metadata.resourceVersion ? { ifVersion: resource.metadata.resourceVersion } : {});
+    return this.wrote(await this.store.update(next, { ifVersion: resource.metadata.resourceVersion || current.metadata.resourceVersion! }));
   }
 
   /** The stored resource with the writer's fields replaced; status and a Secret's value (if not given) kept. */
@@ -181,7 +213,7 @@ export class ResourceService {
       }
     }
     ops.push({ op: 'delete', kind: current.kind, name: current.metadata.name, ...(resourceVersion ? { ifVersion: resourceVersion } : {}) });
-    const results = await this.store.batch(ops);
+    const results = this.wrote(await this.store.batch(ops));
     return results.at(-1)!;
   }
 
@@ -267,7 +299,7 @@ export class ResourceService {
     if (denied.length) {
       throw new PosternError('ERR_PERMISSION_DENIED', `policy denies ${denied.length} of the changes; nothing was applied: ${denied.slice(0, 10).join(', ')}${denied.length > 10 ? ', …' : ''}`);
     }
-    if (!opts.dryRun) await this.store.batch(ops);
+    if (!opts.dryRun) this.wrote(await this.store.batch(ops));
     return results;
   }
 }

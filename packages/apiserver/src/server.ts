@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Server, ServerCredentials, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData, type Metadata } from '@grpc/grpc-js';
-import { PosternError, canonicalName, kindInfo, splitNamespaced, type AnyResource, type CredentialSpec } from '@postern/apis';
+import { PosternError, canonicalName, kindInfo, kinds, splitNamespaced, type AnyResource, type CredentialSpec } from '@postern/apis';
 import type { AuthServer, Identity } from '@postern/authserver';
 import { decide, gatherPolicies, preCheck } from '@postern/policy';
 import type { ResourceCache, ResourceStore } from '@postern/store';
@@ -15,12 +15,12 @@ import { requireKind, ResourceService, sanitize } from './resources.js';
 export const coreServiceName = 'postern.core.v1.CoreService';
 export const userServiceName = 'postern.user.v1.UserService';
 
-/** Kinds the API server keeps in memory (identities and policies for every call, Services for the User API). */
-export const apiCacheKinds = ['User', 'Group', 'Session', 'Credential', 'ClusterConfig', 'Policy', 'Service', 'Namespace'] as const;
+/** The API server keeps every kind in memory: identities and policies for each call, the rest to serve reads (see ResourceService). */
+export const apiCacheKinds = kinds;
 
 export interface ApiServerOptions {
   store: ResourceStore;
-  /** A cache of at least `apiCacheKinds`, started. */
+  /** A started cache of `apiCacheKinds`. */
   cache: ResourceCache;
   auth: AuthServer;
   domain: string;
@@ -53,7 +53,7 @@ export class ApiServer {
   constructor(private readonly opts: ApiServerOptions) {
     this.now = opts.now ?? (() => new Date());
     this.log = opts.logger;
-    this.resources = new ResourceService(opts.store);
+    this.resources = new ResourceService(opts.store, opts.cache);
     this.authorizer = new ApiAuthorizer(opts.cache, this.now);
     this.server.addService(CoreServiceService, this.core() as unknown as CoreServiceServer);
     this.server.addService(UserServiceService, this.user() as unknown as UserServiceServer);

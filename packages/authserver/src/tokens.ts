@@ -60,8 +60,25 @@ export class KeyRing {
     return `${head}.${body}.${b64(sig)}`;
   }
 
+  /**
+   * Tokens whose signature was already checked: an Ed25519 verification costs ~120 µs, and a
+   * client sends the same access token on every call. Bounded; claims are immutable, and
+   * revocation is decided by the session's token ID, never by this cache.
+   */
+  private readonly verified = new Map<string, TokenClaims>();
+  private static readonly maxVerified = 10_000;
+
   /** Checks the signature and the type; expiry is the caller's to check against its clock. */
   verify(token: string, typ: TokenType): TokenClaims {
+    const hit = this.verified.get(token);
+    if (hit && hit.typ === typ) return hit;
+    const claims = this.verifyUncached(token, typ);
+    if (this.verified.size >= KeyRing.maxVerified) this.verified.delete(this.verified.keys().next().value!);
+    this.verified.set(token, claims);
+    return claims;
+  }
+
+  private verifyUncached(token: string, typ: TokenType): TokenClaims {
     const invalid = (why: string) => new PosternError('ERR_TOKEN_INVALID', `the ${typ} token is invalid: ${why}`);
     const parts = token.trim().split('.');
     if (parts.length !== 3) throw invalid('it is not a Postern token');

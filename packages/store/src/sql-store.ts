@@ -328,12 +328,14 @@ export class SqlStore implements ResourceStore {
         wake?.();
         for (const w of waiters.splice(0)) w.resolve();
       },
-      waitFor: (version: string) =>
-        new Promise<void>((resolve) => {
-          waiters.push({ version: BigInt(version), resolve });
-          settleWaiters();
+      waitFor: (version: string) => {
+        const v = BigInt(version);
+        if (cursor !== undefined && cursor >= v) return Promise.resolve();
+        return new Promise<void>((resolve) => {
+          waiters.push({ version: v, resolve });
           waker();
-        }),
+        });
+      },
     };
   }
 
