@@ -162,6 +162,7 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
   p.command('connect')
     .description('open a tunnel to the cluster (WireGuard or QUIC)')
     .allowUnknownOption()
+    .allowExcessArguments()
     .action(() => notImplemented('`postern connect` (tunnels)', 'it arrives with the WireGuard overlay work'));
   p.command('disconnect')
     .description('close the tunnel')

@@ -125,6 +125,7 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
   p.command('explain')
     .description('show the policy decision for a request, rule by rule, without sending it')
     .allowUnknownOption()
+    .allowExcessArguments()
     .action(() => notImplemented('`posternctl explain`', 'it arrives with the identity-aware proxy'));
 
   return run(p, argv, io);

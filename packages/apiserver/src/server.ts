@@ -66,7 +66,9 @@ export class ApiServer {
       ? ServerCredentials.createSsl(null, [{ private_key: Buffer.from(this.opts.tls.key), cert_chain: Buffer.from(this.opts.tls.cert) }], false)
       : ServerCredentials.createInsecure();
     return new Promise((resolve, reject) => {
-      this.server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
+      this.server.bindAsync(address, creds, (err, port) =>
+        err ? reject(new PosternError('ERR_USAGE', `cannot listen on ${address} (${err.message}); is another posternd running there? Pick another address with --listen`)) : resolve(port),
+      );
     });
   }
 

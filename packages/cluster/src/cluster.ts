@@ -1,5 +1,5 @@
-import { mkdirSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
 import { PosternError } from '@postern/apis';
 import { ApiServer, apiCacheKinds } from '@postern/apiserver';
 import { AuthServer, ensureSigningKeys } from '@postern/authserver';
@@ -42,14 +42,51 @@ export interface RunningCluster {
 
 const keyCheckMs = 6 * 3_600_000;
 
+/**
+ * The embedded database has one writer: a second posternd on the same folder would corrupt it.
+ * A pid file taken with O_EXCL says who holds the folder; a stale one (dead pid) is taken over.
+ */
+function lockDataDir(dir: string): () => void {
+  const file = join(dir, 'posternd.pid');
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(file, String(process.pid), { flag: 'wx', mode: 0o600 });
+      return () => rmSync(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const pid = Number(readFileSync(file, 'utf8'));
+      let alive = false;
+      try {
+        process.kill(pid, 0);
+        alive = true;
+      } catch {
+        alive = false;
+      }
+      if (alive) throw new PosternError('ERR_USAGE', `another posternd (pid ${pid}) is using ${dir}; stop it first or use another --data folder`);
+      rmSync(file, { force: true });
+    }
+  }
+  throw new PosternError('ERR_USAGE', `cannot take the lock on ${dir}`);
+}
+
 /** Starts every server component present so far (API, auth) in this process. */
 export async function startCluster(opts: ClusterOptions): Promise<RunningCluster> {
   const now = opts.now ?? (() => new Date());
   const logger = opts.logger ?? pino({ name: 'posternd', redact: { paths: ['*.token', '*.accessToken', '*.refreshToken', '*.authorization', 'req.headers.authorization'], censor: '[redacted]' } }, pino.destination(2));
   const dataDir = opts.database ? undefined : resolve(opts.dataDir ?? '.postern');
-  if (dataDir) mkdirSync(dataDir, { recursive: true, mode: 0o700 });
-  const store = await openStore({ ...(opts.database ? { database: opts.database } : { dataDir: `${dataDir}/db` }), now });
-  const cleanups: (() => Promise<void> | void)[] = [() => store.close()];
+  let unlock: (() => void) | undefined;
+  if (dataDir) {
+    mkdirSync(dataDir, { recursive: true, mode: 0o700 });
+    unlock = lockDataDir(dataDir);
+  }
+  let store: SqlStore;
+  try {
+    store = await openStore({ ...(opts.database ? { database: opts.database } : { dataDir: `${dataDir}/db` }), now });
+  } catch (err) {
+    unlock?.();
+    throw err;
+  }
+  const cleanups: (() => Promise<void> | void)[] = [() => unlock?.(), () => store.close()];
   const closeAll = async () => {
     for (const c of cleanups.reverse()) await c();
   };
