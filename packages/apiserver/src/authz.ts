@@ -44,7 +44,7 @@ export class ApiAuthorizer {
     const d = this.decide(identity, info);
     onDecision?.(d);
     if (d.effect !== 'ALLOW') {
-      const what = info.resource ? `${info.method} ${info.resource.kind}/${info.resource.name}` : info.method;
+      const what = info.resource ? `${info.method} ${info.resource.kind}${info.resource.name ? `/${info.resource.name}` : ''}` : info.method;
       const why = d.reason.type === 'PRE_CHECK' ? ` (${d.reason.detail})` : '';
       throw new PosternError('ERR_PERMISSION_DENIED', `permission denied: ${what}${why}`);
     }
