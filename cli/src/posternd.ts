@@ -5,10 +5,11 @@ import { openStore } from '@postern/store';
 import { program, run } from './command.js';
 import type { Io } from './io.js';
 
-function nextSteps(domain: string, address: string, token: string | undefined, fingerprint: string | undefined): string {
+function nextSteps(domain: string, address: string, token: string | undefined, fingerprint: string | undefined, publicAddress: string | undefined): string {
   const lines = [
     `Postern is running for domain ${domain}`,
     `  API        ${address}${fingerprint ? ` (TLS; cluster CA ${fingerprint})` : ' (plaintext)'}`,
+    ...(publicAddress ? [`  Public     https://<service>.${domain} served on ${publicAddress}`] : []),
     '',
   ];
   if (token) {
@@ -63,16 +64,18 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       .command('up')
       .description('run every component in one process, initializing the cluster on first start')
       .option('--domain <domain>', 'the cluster domain (required the first time)')
-      .option('--listen <host:port>', 'API address', '127.0.0.1:8443'),
-  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string }) => {
+      .option('--listen <host:port>', 'API address', '127.0.0.1:8443')
+      .option('--public-listen <host:port>', 'HTTPS address for public Services, or "off"', '127.0.0.1:8444'),
+  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string }) => {
     const cluster = await startCluster({
       ...(o.domain ? { domain: o.domain } : {}),
       dataDir: resolve(io.cwd, o.data ?? '.postern'),
       ...(o.database ?? io.env.POSTERN_DATABASE_URL ? { database: o.database ?? io.env.POSTERN_DATABASE_URL } : {}),
       listen: o.listen,
+      publicListen: o.publicListen,
       autoInit: true,
     });
-    io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint));
+    io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint, cluster.publicAddress));
     await until(cluster.close);
   });
 

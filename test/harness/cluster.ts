@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { postern, posternctl, type Io } from '@postern/cli';
+import { ApiClient } from '@postern/apiserver';
 import { startCluster, type RunningCluster } from '@postern/cluster';
 import { pino } from 'pino';
 
@@ -22,6 +23,14 @@ export interface TestCluster {
   login(who: string, token?: string): Promise<void>;
   /** Makes a user able to log in: an auth-token credential created by root, then login. */
   loginAs(user: string): Promise<void>;
+  /**
+   * A CLIENT session for `user` (through a real auth token and the Auth API), marked connected
+   * with tunnel address `address`, as the WireGuard connect of the overlay will do. Resolves when
+   * the proxy knows the address. Returns the session's access token too.
+   */
+  connectedSession(user: string, address: string): Promise<{ session: string; accessToken: string }>;
+  /** An ACCESS_TOKEN credential's token for `user` (a CLIENTLESS session, for public Services). */
+  accessToken(user: string): Promise<string>;
   stop(): Promise<void>;
 }
 
@@ -33,6 +42,7 @@ export async function startTestCluster(opts: { database?: string; domain?: strin
     domain,
     ...(opts.database ? { database: opts.database } : { dataDir: join(dir, 'data') }),
     listen: '127.0.0.1:0',
+    publicListen: '127.0.0.1:0',
     autoInit: true,
     logger: pino({ level: process.env.POSTERN_TEST_LOG ?? 'silent' }),
     ...(opts.now ? { now: opts.now } : {}),
@@ -71,6 +81,27 @@ export async function startTestCluster(opts: { database?: string; domain?: strin
       const r = await cli('posternctl', ['create', 'credential', '--user', user, '--type', 'auth-token']);
       if (r.code !== 0) throw new Error(`create credential for ${user} failed: ${r.err}`);
       await login(user, r.out.trim());
+    },
+    connectedSession: async (user, address) => {
+      const cred = await cli('posternctl', ['create', 'credential', '--user', user, '--type', 'auth-token']);
+      if (cred.code !== 0) throw new Error(cred.err);
+      const api = new ApiClient({ address: cluster.address, ca: cluster.caPem!, serverName: `api.${domain}` });
+      const t = await api.authenticateWithAuthToken(cred.out.trim());
+      api.close();
+      const store = cluster.store;
+      const s = (await store.get('Session', t.sessionName))!;
+      await store.update({
+        ...s,
+        status: { ...s.status, isConnected: true, connection: { addresses: [address], type: 'WIREGUARD', startedAt: new Date().toISOString() } },
+      });
+      for (let i = 0; i < 200 && !cluster.proxy!.core.identity.byAddress(address); i++) await new Promise((r) => setTimeout(r, 5));
+      if (!cluster.proxy!.core.identity.byAddress(address)) throw new Error(`the proxy never saw ${address}`);
+      return { session: t.sessionName, accessToken: t.accessToken };
+    },
+    accessToken: async (user) => {
+      const cred = await cli('posternctl', ['create', 'credential', '--user', user, '--type', 'access-token']);
+      if (cred.code !== 0) throw new Error(cred.err);
+      return cred.out.trim();
     },
     stop: async () => {
       await cluster.close();

@@ -2,3 +2,5 @@
 export { TestPostgres, freePort } from './postgres.js';
 export { startTestCluster, type TestCluster, type CliResult } from './cluster.js';
 export { spawnPosternd, runBin, type RunningPosternd } from './process.js';
+export { RecordingUpstream, type Seen } from './upstream.js';
+export { send, type Reply } from './http.js';

@@ -3,10 +3,12 @@ import { join, resolve } from 'node:path';
 import { PosternError } from '@postern/apis';
 import { ApiServer, apiCacheKinds } from '@postern/apiserver';
 import { AuthServer, ensureSigningKeys } from '@postern/authserver';
+import { Proxy } from '@postern/proxy';
 import { ResourceCache, openStore, type SqlStore } from '@postern/store';
+import { createSecureContext } from 'node:tls';
 import { pino, type Logger } from 'pino';
 import { clusterInfo, initCluster } from './init.js';
-import { clusterTls } from './tls.js';
+import { LeafIssuer, clusterTls } from './tls.js';
 
 export interface ClusterOptions {
   /** Cluster domain; required the first time, read from the data afterwards. */
@@ -23,6 +25,10 @@ export interface ClusterOptions {
   insecure?: boolean;
   /** Extra names for the server certificate (the public DNS name of the API). */
   certNames?: string[];
+  /** Public HTTPS listener of the proxy, `host:port`; default 127.0.0.1:8444; `off` for none. */
+  publicListen?: string;
+  /** Run the proxy (default true). */
+  proxy?: boolean;
   logger?: Logger;
   now?: () => Date;
 }
@@ -35,9 +41,18 @@ export interface RunningCluster {
   caFingerprint?: string;
   /** Set only on the run that initialized the cluster. */
   rootToken?: string;
+  /** `host:port` of the public HTTPS listener, when there is one. */
+  publicAddress?: string;
   store: SqlStore;
+  /** The identity-aware proxy, when running. */
+  proxy?: Proxy;
   logger: Logger;
   close(): Promise<void>;
+}
+
+function splitListen(listen: string): { host: string; port: number } {
+  const i = listen.lastIndexOf(':');
+  return { host: listen.slice(0, i).replace(/^\[|\]$/g, ''), port: Number(listen.slice(i + 1)) };
 }
 
 const keyCheckMs = 6 * 3_600_000;
@@ -125,13 +140,37 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     const api = new ApiServer({ store, cache, auth, domain: info.domain, logger, now, ...(tls ? { tls: { key: tls.key, cert: tls.cert } } : {}) });
     const port = await api.listen(listen);
     cleanups.push(() => api.close());
-    logger.info({ domain: info.domain, address: `${host}:${port}`, database: store.driver.description, tls: !!tls }, 'posternd is up');
+    let proxy: Proxy | undefined;
+    let publicAddress: string | undefined;
+    if (opts.proxy !== false) {
+      proxy = new Proxy({ cache, auth, domain: info.domain, logger: logger.child({ component: 'proxy' }), now });
+      cleanups.push(() => proxy!.close());
+      const pub = opts.publicListen ?? '127.0.0.1:8444';
+      if (pub !== 'off') {
+        const issuer = await LeafIssuer.open(store, info.domain, now);
+        const fallback = await issuer.certFor(`${info.domain}`);
+        const { host: ph, port: pp } = splitListen(pub);
+        const bound = await proxy.listenPublic(ph, pp, {
+          key: fallback.key,
+          cert: fallback.cert,
+          SNICallback: (servername, cb) => {
+            const name = servername.toLowerCase();
+            if (name !== info!.domain && !name.endsWith(`.${info!.domain}`)) return cb(null, undefined);
+            issuer.certFor(name).then((c) => cb(null, createSecureContext({ key: c.key, cert: c.cert })), (err: Error) => cb(err, undefined));
+          },
+        });
+        publicAddress = `${ph.includes(':') ? `[${ph}]` : ph}:${bound}`;
+      }
+    }
+    logger.info({ domain: info.domain, address: `${host}:${port}`, public: publicAddress, database: store.driver.description, tls: !!tls }, 'posternd is up');
     return {
       domain: info.domain,
       port,
       address: `${host.includes(':') ? `[${host}]` : host}:${port}`,
       ...(tls ? { caPem: tls.caPem, caFingerprint: tls.caFingerprint } : {}),
       ...(rootToken ? { rootToken } : {}),
+      ...(publicAddress ? { publicAddress } : {}),
+      ...(proxy ? { proxy } : {}),
       store,
       logger,
       close: closeAll,

@@ -19,3 +19,4 @@ export {
 } from './decision.js';
 export { gatherPolicies, referencedPolicies, celIssues, type Attachments } from './gather.js';
 export { preCheck, preCheckCodes, type PreCheckCode } from './prechecks.js';
+export { httpRequest, type HttpRequestInput } from './context.js';

@@ -1,0 +1,423 @@
+import { randomUUID } from 'node:crypto';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { Duplex } from 'node:stream';
+import { isPosternError } from '@postern/apis';
+import type { AuthServer } from '@postern/authserver';
+import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
+import type { ResourceCache } from '@postern/store';
+import type { Logger } from 'pino';
+import type { Dispatcher } from 'undici';
+import { logAccess, type AccessLogEntry } from './access-log.js';
+import { connectionHeaders, flatHeaders, framingProblem } from './headers.js';
+import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
+import { normalizeTarget } from './normalize.js';
+import { compileService, rewritePath, type CompiledService, type Route } from './routes.js';
+import { Balancer, UpstreamPools } from './upstream.js';
+import { UpstreamAuth, UpstreamAuthError } from './upstream-auth.js';
+
+/** Kinds the proxy reads from its cache. */
+export const proxyCacheKinds = ['Service', 'Namespace', 'User', 'Group', 'Session', 'Device', 'Policy', 'ClusterConfig', 'Secret'] as const;
+
+export interface ProxyCoreOptions {
+  /** A started cache of at least `proxyCacheKinds`. */
+  cache: ResourceCache;
+  auth: AuthServer;
+  domain: string;
+  /** Access log and errors. */
+  logger: Logger;
+  now?: () => Date;
+  pools?: UpstreamPools;
+}
+
+/** Where a request came in: a Service's own listener (tunnel side) or the public HTTPS listener. */
+export type Entry = { kind: 'service'; service: string } | { kind: 'public' };
+
+class HttpError extends Error {
+  constructor(readonly status: number, readonly publicMessage: string, readonly internal?: string) {
+    super(internal ?? publicMessage);
+  }
+}
+
+const statusText: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+
+/** Policies whose rules read the body: the request must then be buffered before deciding. */
+const readsBody = new WeakMap<object, boolean>();
+function needsBody(policies: readonly PolicySource[]): boolean {
+  return policies.some((p) => {
+    let v = readsBody.get(p.spec);
+    if (v === undefined) {
+      v = /request\.http\.body/.test(JSON.stringify(p.spec));
+      readsBody.set(p.spec, v);
+    }
+    return v;
+  });
+}
+
+/**
+ * The request path of the identity-aware proxy: normalise → identify → authorize → route →
+ * inject upstream credentials → stream. Reads only from memory (the watch-fed cache); the
+ * database is never on the request path.
+ */
+export class ProxyCore {
+  readonly identity: IdentityIndex;
+  private readonly services = new Map<string, CompiledService>();
+  private readonly balancers = new Map<string, Balancer>();
+  private readonly pools: UpstreamPools;
+  private readonly upstreamAuth: UpstreamAuth;
+  private readonly now: () => Date;
+  private readonly log: Logger;
+  private readonly unsubscribe: () => void;
+
+  constructor(private readonly opts: ProxyCoreOptions) {
+    this.now = opts.now ?? (() => new Date());
+    this.log = opts.logger;
+    this.pools = opts.pools ?? new UpstreamPools();
+    this.identity = new IdentityIndex(opts.cache, opts.auth);
+    this.upstreamAuth = new UpstreamAuth((name) => {
+      const data = (opts.cache.get('Secret', name)?.spec as { data?: { value?: string; valueBytes?: string } } | undefined)?.data;
+      return data?.value ?? (data?.valueBytes ? Buffer.from(data.valueBytes, 'base64').toString('utf8') : undefined);
+    });
+    for (const s of opts.cache.list('Service')) this.services.set(s.metadata.name, compileService(s));
+    this.unsubscribe = opts.cache.onChange((ev) => {
+      if (ev.type === 'RESYNC') {
+        this.services.clear();
+        for (const s of opts.cache.list('Service')) this.services.set(s.metadata.name, compileService(s));
+        return;
+      }
+      if (ev.resource.kind !== 'Service') return;
+      if (ev.type === 'DELETED') this.services.delete(ev.resource.metadata.name);
+      else this.services.set(ev.resource.metadata.name, compileService(ev.resource));
+    });
+  }
+
+  /** The compiled Service by `svc.ns`. */
+  service(fullName: string): CompiledService | undefined {
+    return this.services.get(fullName);
+  }
+
+  /** `inventory.example.com` → inventory.default; `accounts.finance.example.com` → accounts.finance (public Services only). */
+  serviceForHost(hostHeader: string | undefined): CompiledService | undefined {
+    if (!hostHeader) return undefined;
+    const host = hostHeader.replace(/:\d+$/, '').toLowerCase().replace(/\.$/, '');
+    const suffix = `.${this.opts.domain}`;
+    if (!host.endsWith(suffix)) return undefined;
+    const labels = host.slice(0, -suffix.length).split('.');
+    const full = labels.length === 1 ? `${labels[0]}.default` : labels.length === 2 ? `${labels[0]}.${labels[1]}` : undefined;
+    const svc = full ? this.services.get(full) : undefined;
+    return svc?.spec.isPublic ? svc : undefined;
+  }
+
+  private policiesFor(svc: CompiledService, caller: Caller | undefined): PolicySource[] {
+    const cache = this.opts.cache;
+    const deviceName = (caller?.session.status as { deviceRef?: { name?: string } } | undefined)?.deviceRef?.name;
+    return gatherPolicies(
+      {
+        clusterConfig: cache.get('ClusterConfig', 'default'),
+        namespace: cache.get('Namespace', svc.namespace),
+        service: svc.resource,
+        user: caller?.user,
+        groups: caller?.groups ?? [],
+        session: caller?.session,
+        device: deviceName ? cache.get('Device', deviceName) : undefined,
+      },
+      (name) => cache.get('Policy', name),
+    ).policies;
+  }
+
+  /** The CEL `ctx` for a request. */
+  context(svc: CompiledService, caller: Caller | undefined, http: Record<string, unknown>): Record<string, unknown> {
+    const deviceName = (caller?.session.status as { deviceRef?: { name?: string } } | undefined)?.deviceRef?.name;
+    return {
+      ...(caller ? { user: caller.user, groups: caller.groups, session: caller.session } : {}),
+      ...(deviceName ? { device: this.opts.cache.get('Device', deviceName) } : {}),
+      service: svc.resource,
+      namespace: this.opts.cache.get('Namespace', svc.namespace),
+      request: { http },
+    };
+  }
+
+  /**
+   * The decision for a request by `caller` to `svc`. Anonymous Services are allowed unless a
+   * DENY rule matches; every other request needs an ALLOW (deny by default).
+   */
+  authorize(svc: CompiledService, caller: Caller | undefined, ctx: Record<string, unknown>, explain = false): Decision {
+    const policies = this.policiesFor(svc, caller);
+    if (svc.spec.isAnonymous) {
+      const d = decide(policies, ctx, undefined, { explain });
+      return d.effect === 'DENY' && d.reason.type === 'NO_POLICY_MATCH' ? { ...d, effect: 'ALLOW' } : d;
+    }
+    const check = caller ? preCheck({ session: caller.session, user: caller.user, now: this.now(), accessTokenExpiresAt: caller.accessTokenExpiresAt, service: svc.resource }) : 'NO_IDENTITY';
+    return decide(policies, ctx, check, { explain });
+  }
+
+  /** The route a request takes: the first dynamicConfig rule that matches, else the default config. */
+  route(svc: CompiledService, ctx: Record<string, unknown>): Route | undefined {
+    for (const rule of svc.rules) {
+      let matched = false;
+      try {
+        matched = evaluateCondition(rule.condition, { ctx, attrs: {} });
+      } catch (err) {
+        this.log.warn({ service: svc.fullName, config: rule.configName, err: (err as Error).message }, 'dynamicConfig rule failed; skipped');
+      }
+      if (matched) return svc.routes.get(rule.configName);
+    }
+    return svc.defaultRoute;
+  }
+
+  private identify(req: IncomingMessage, svc: CompiledService, entry: Entry): Caller | undefined {
+    if (entry.kind === 'service') return this.identity.byAddress(plainIp(req.socket.remoteAddress));
+    const token = tokenFromRequest(req.headers);
+    if (!token) return undefined;
+    try {
+      return this.identity.byToken(token);
+    } catch (err) {
+      if (isPosternError(err)) throw new HttpError(401, 'your session is not valid; log in again', `${err.code}: ${err.message}`);
+      throw err;
+    }
+  }
+
+  /** Resolves the Service, the caller and the decision; throws HttpError for every refusal. */
+  private async admit(req: IncomingMessage, entry: Entry, log: AccessLogEntry, readBody: boolean) {
+    const framing = framingProblem(req.rawHeaders);
+    if (framing) throw new HttpError(400, 'ambiguous request framing', framing);
+    const target = normalizeTarget(req.url ?? '');
+    if (!target.ok) throw new HttpError(400, 'bad request path', target.reason);
+    log.path = target.path;
+    const svc = entry.kind === 'service' ? this.services.get(entry.service) : this.serviceForHost(req.headers.host);
+    if (!svc) throw new HttpError(404, 'no such service');
+    log.service = svc.fullName;
+    const caller = svc.spec.isAnonymous ? undefined : this.identify(req, svc, entry);
+    if (!svc.spec.isAnonymous && !caller) throw new HttpError(401, 'authentication required', 'no identity');
+    log.user = caller?.user.metadata.name;
+    log.session = caller?.session.metadata.name;
+    const policies = caller || svc.spec.isAnonymous ? this.policiesFor(svc, caller) : [];
+    const declared = Number(req.headers['content-length'] ?? 0);
+    const defaultRoute = svc.defaultRoute ?? svc.routes.values().next().value;
+    const buffer = readBody && (needsBody(policies) || [...svc.routes.values(), svc.defaultRoute].some((r) => r?.buffer));
+    let body: Buffer | undefined;
+    if (buffer) {
+      const limit = Math.max(...[...svc.routes.values(), svc.defaultRoute].filter((r): r is Route => !!r).map((r) => r.maxRequestSize), defaultRoute?.maxRequestSize ?? 0);
+      body = await readLimited(req, limit);
+    }
+    const http = httpRequest({
+      method: req.method ?? 'GET',
+      path: target.path,
+      query: target.query,
+      host: req.headers.host ?? '',
+      scheme: entry.kind === 'public' ? 'https' : 'http',
+      headers: flatHeaders(req.headers),
+      size: body?.length ?? declared,
+      body,
+    });
+    const ctx = this.context(svc, caller, http);
+    const decision = this.authorize(svc, caller, ctx);
+    log.decision = decision.effect;
+    log.reason = decision.reason;
+    if (decision.effect !== 'ALLOW') {
+      throw new HttpError(decision.reason.detail === 'NO_IDENTITY' ? 401 : 403, 'access denied by policy', describeDecision(decision));
+    }
+    const route = this.route(svc, ctx);
+    if (!route) throw new HttpError(404, 'no route of this service matches the request', 'no dynamicConfig rule matched and there is no default config');
+    log.config = route.name;
+    return { svc, caller, route, body, target };
+  }
+
+  private upstreamHeaders(req: IncomingMessage, caller: Caller | undefined, svc: CompiledService, route: Route, upstream: URL, entry: Entry): Record<string, string | string[]> {
+    const drop = connectionHeaders(req.headers);
+    const out: Record<string, string | string[]> = {};
+    for (const [k, v] of Object.entries(req.headers)) {
+      if (v === undefined || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k.startsWith('x-postern-')) continue;
+      if (k === 'authorization' && !route.passAuthorization && !svc.spec.isAnonymous) continue;
+      if (k === 'cookie' && typeof v === 'string' && v.includes('postern_auth=')) {
+        const rest = v.split(';').map((c) => c.trim()).filter((c) => !c.startsWith('postern_auth='));
+        if (rest.length) out.cookie = rest.join('; ');
+        continue;
+      }
+      if (route.removeRequestHeaders.has(k)) continue;
+      out[k] = v;
+    }
+    out.host = upstream.host;
+    const peer = plainIp(req.socket.remoteAddress);
+    out['x-forwarded-for'] = peer;
+    out['x-forwarded-proto'] = entry.kind === 'public' ? 'https' : 'http';
+    if (req.headers.host) out['x-forwarded-host'] = req.headers.host;
+    if (caller) {
+      out['x-postern-user'] = caller.user.metadata.name;
+      if (caller.user.metadata.uid) out['x-postern-user-uid'] = caller.user.metadata.uid;
+      const email = (caller.user.spec as { email?: string }).email;
+      if (email) out['x-postern-user-email'] = email;
+      out['x-postern-groups'] = caller.groups.map((g) => g.metadata.name).join(',');
+      out['x-postern-session'] = caller.session.metadata.name;
+    }
+    for (const h of route.addRequestHeaders) {
+      const have = out[h.key];
+      out[h.key] = h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value;
+    }
+    return out;
+  }
+
+  private balancer(svc: CompiledService, route: Route): Balancer {
+    const key = `${svc.fullName}|${route.name}`;
+    let b = this.balancers.get(key);
+    if (!b) {
+      b = new Balancer();
+      this.balancers.set(key, b);
+    }
+    return b;
+  }
+
+  /** Handles one HTTP request end to end; never throws. */
+  async handle(req: IncomingMessage, res: ServerResponse, entry: Entry): Promise<void> {
+    const started = performance.now();
+    const rid = randomUUID();
+    const log: AccessLogEntry = { rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0 };
+    res.setHeader('x-postern-request-id', rid);
+    let bytesIn = 0;
+    req.on('data', (c: Buffer) => (bytesIn += c.length));
+    try {
+      const { svc, caller, route, body, target } = await this.admit(req, entry, log, true);
+      const endpoint = this.balancer(svc, route).pick(route.endpoints);
+      if (!endpoint) throw new HttpError(502, 'the service has no upstream', 'no endpoints');
+      if (endpoint.user) throw new HttpError(502, 'the upstream is served by a connected client, which is not supported yet', `upstream.user ${endpoint.user}`);
+      const base = endpoint.url;
+      const path = rewritePath(target.path, route);
+      const upstreamUrl = new URL(`${base.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`, base);
+      log.upstream = base.origin;
+      const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
+      if (body) {
+        delete headers['transfer-encoding'];
+        headers['content-length'] = String(body.length);
+      }
+      try {
+        Object.assign(headers, await this.upstreamAuth.headers(route, { method: req.method ?? 'GET', url: upstreamUrl, headers: headers as Record<string, string>, body }));
+      } catch (err) {
+        if (err instanceof UpstreamAuthError) throw new HttpError(502, 'the gateway could not authenticate to the upstream', err.message);
+        throw err;
+      }
+      const hasBody = body !== undefined ? body.length > 0 : req.headers['content-length'] !== undefined ? Number(req.headers['content-length']) > 0 : req.headers['transfer-encoding'] !== undefined;
+      let up: Dispatcher.ResponseData;
+      try {
+        up = await this.pools.get(base.origin, route).request({
+          method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+          path: `${upstreamUrl.pathname}${upstreamUrl.search}`,
+          headers,
+          body: body ?? (hasBody ? req : null),
+        });
+        this.balancer(svc, route).markHealthy(endpoint);
+      } catch (err) {
+        const code = (err as { code?: string }).code ?? '';
+        if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') throw new HttpError(504, 'the upstream did not answer in time', code);
+        this.balancer(svc, route).markFailed(endpoint);
+        throw new HttpError(502, 'the upstream could not be reached', `${code} ${(err as Error).message}`);
+      }
+      const drop = connectionHeaders(up.headers);
+      for (const [k, v] of Object.entries(up.headers)) {
+        if (v === undefined || drop.has(k) || route.removeResponseHeaders.has(k)) continue;
+        res.setHeader(k, v);
+      }
+      for (const h of route.addResponseHeaders) {
+        const have = res.getHeader(h.key);
+        res.setHeader(h.key, h.append && have !== undefined ? [...(Array.isArray(have) ? have.map(String) : [String(have)]), h.value] : h.value);
+      }
+      res.statusCode = up.statusCode;
+      log.status = up.statusCode;
+      // Server-sent events and other long streams: send headers now, flush each chunk as it comes.
+      res.flushHeaders();
+      for await (const chunk of up.body) {
+        log.bytesOut += (chunk as Buffer).length;
+        if (!res.write(chunk)) await new Promise((r) => res.once('drain', r));
+        if (res.destroyed) break;
+      }
+      res.end();
+    } catch (err) {
+      this.fail(res, err, log);
+    } finally {
+      log.bytesIn = bytesIn;
+      log.latencyMs = +(performance.now() - started).toFixed(3);
+      logAccess(this.log, log);
+    }
+  }
+
+  private fail(res: ServerResponse, err: unknown, log: AccessLogEntry): void {
+    const e = err instanceof HttpError ? err : new HttpError(502, 'the gateway failed to forward the request', (err as Error)?.message ?? String(err));
+    log.status = e.status;
+    log.error = e.internal ?? e.publicMessage;
+    if (res.headersSent) {
+      res.destroy();
+      return;
+    }
+    const body = `${e.status} ${statusText[e.status] ?? ''}: ${e.publicMessage}\nrequest id: ${log.rid}\n`;
+    res.statusCode = e.status;
+    res.setHeader('content-type', 'text/plain; charset=utf-8');
+    res.setHeader('content-length', Buffer.byteLength(body));
+    res.setHeader('cache-control', 'no-store');
+    if (e.status === 401) res.setHeader('www-authenticate', 'Bearer realm="postern"');
+    if (e.status === 400 || e.status === 413) res.setHeader('connection', 'close');
+    res.end(body);
+  }
+
+  /** Handles a WebSocket (or other) upgrade: same admission as a request, then a byte pipe. */
+  async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer, entry: Entry): Promise<void> {
+    const started = performance.now();
+    const rid = randomUUID();
+    const log: AccessLogEntry = { rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0 };
+    socket.on('error', () => socket.destroy());
+    try {
+      const { svc, caller, route, target } = await this.admit(req, entry, log, false);
+      const endpoint = this.balancer(svc, route).pick(route.endpoints);
+      if (!endpoint || endpoint.user) throw new HttpError(502, 'the service has no reachable upstream');
+      const base = endpoint.url;
+      const path = rewritePath(target.path, route);
+      const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
+      Object.assign(headers, await this.upstreamAuth.headers(route, { method: 'GET', url: new URL(path, base), headers: headers as Record<string, string> }));
+      const protocol = typeof req.headers.upgrade === 'string' ? req.headers.upgrade : 'websocket';
+      const up = await this.pools.get(base.origin, route).upgrade({ path: `${path}${target.query ? `?${target.query}` : ''}`, method: 'GET', headers, protocol });
+      log.status = 101;
+      const lines = ['HTTP/1.1 101 Switching Protocols', 'connection: Upgrade', `upgrade: ${protocol}`, `x-postern-request-id: ${rid}`];
+      for (const [k, v] of Object.entries(up.headers)) {
+        if (v === undefined || k === 'connection' || k === 'upgrade') continue;
+        for (const one of Array.isArray(v) ? v : [v]) lines.push(`${k}: ${one}`);
+      }
+      socket.write(`${lines.join('\r\n')}\r\n\r\n`);
+      if (head.length) up.socket.write(head);
+      up.socket.on('error', () => socket.destroy());
+      socket.pipe(up.socket);
+      up.socket.pipe(socket);
+    } catch (err) {
+      const e = err instanceof HttpError ? err : new HttpError(502, 'the upgrade failed', (err as Error).message);
+      log.status = e.status;
+      log.error = e.internal ?? e.publicMessage;
+      const body = `${e.status} ${statusText[e.status] ?? ''}: ${e.publicMessage}\nrequest id: ${rid}\n`;
+      socket.end(`HTTP/1.1 ${e.status} ${statusText[e.status] ?? 'Error'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-postern-request-id: ${rid}\r\nconnection: close\r\n\r\n${body}`);
+    } finally {
+      log.latencyMs = +(performance.now() - started).toFixed(3);
+      logAccess(this.log, log);
+    }
+  }
+
+  /** Logs a request the HTTP parser refused before it reached `handle`. */
+  logMalformed(rid: string, error: string): void {
+    logAccess(this.log, { rid, method: '', path: '', status: 400, bytesIn: 0, bytesOut: 0, latencyMs: 0, error });
+  }
+
+  async close(): Promise<void> {
+    this.unsubscribe();
+    this.identity.close();
+    await this.pools.close();
+  }
+}
+
+/** Reads a body up to `limit` bytes; beyond it, 413 (checked against Content-Length first). */
+async function readLimited(req: IncomingMessage, limit: number): Promise<Buffer> {
+  const declared = req.headers['content-length'];
+  if (declared !== undefined && Number(declared) > limit) throw new HttpError(413, `the request body is larger than ${limit} bytes`);
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length;
+    if (size > limit) throw new HttpError(413, `the request body is larger than ${limit} bytes`);
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks);
+}
+

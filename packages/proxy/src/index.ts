@@ -1,0 +1,13 @@
+/**
+ * @postern/proxy — the identity-aware proxy: per-Service listeners (callers identified by tunnel
+ * source address) and a public HTTPS listener (callers identified by access token); every
+ * request normalised, authorized by @postern/policy, routed, given its upstream credentials from
+ * Secrets and streamed through undici pools. Imports apis, store, policy and authserver.
+ */
+export { Proxy } from './server.js';
+export { ProxyCore, proxyCacheKinds, type Entry, type ProxyCoreOptions } from './handler.js';
+export { normalizeTarget, type TargetResult } from './normalize.js';
+export { compileService, rewritePath, type CompiledService, type Route } from './routes.js';
+export { IdentityIndex, tokenFromRequest, type Caller } from './identity.js';
+export { framingProblem } from './headers.js';
+export { UpstreamPools, Balancer } from './upstream.js';
