@@ -35,7 +35,7 @@ export interface TestCluster {
 }
 
 /** An in-process single-node cluster on a random loopback port, with TLS, for tests. */
-export async function startTestCluster(opts: { database?: string; domain?: string; now?: () => Date } = {}): Promise<TestCluster> {
+export async function startTestCluster(opts: { database?: string; domain?: string; now?: () => Date; logLines?: string[]; upstreamTimeoutMs?: number } = {}): Promise<TestCluster> {
   const dir = mkdtempSync(join(tmpdir(), 'postern-test-'));
   const domain = opts.domain ?? 'example.test';
   const cluster = await startCluster({
@@ -44,7 +44,10 @@ export async function startTestCluster(opts: { database?: string; domain?: strin
     listen: '127.0.0.1:0',
     publicListen: '127.0.0.1:0',
     autoInit: true,
-    logger: pino({ level: process.env.POSTERN_TEST_LOG ?? 'silent' }),
+    logger: opts.logLines
+      ? pino({ level: 'info' }, { write: (line: string) => void opts.logLines!.push(line) })
+      : pino({ level: process.env.POSTERN_TEST_LOG ?? 'silent' }),
+    ...(opts.upstreamTimeoutMs ? { upstreamTimeoutMs: opts.upstreamTimeoutMs } : {}),
     ...(opts.now ? { now: opts.now } : {}),
   });
   const cli: TestCluster['cli'] = async (which, args, o = {}) => {

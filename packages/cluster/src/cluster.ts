@@ -3,7 +3,7 @@ import { join, resolve } from 'node:path';
 import { PosternError } from '@postern/apis';
 import { ApiServer, apiCacheKinds } from '@postern/apiserver';
 import { AuthServer, ensureSigningKeys } from '@postern/authserver';
-import { Proxy } from '@postern/proxy';
+import { Proxy, UpstreamPools } from '@postern/proxy';
 import { ResourceCache, openStore, type SqlStore } from '@postern/store';
 import { createSecureContext } from 'node:tls';
 import { pino, type Logger } from 'pino';
@@ -29,6 +29,8 @@ export interface ClusterOptions {
   publicListen?: string;
   /** Run the proxy (default true). */
   proxy?: boolean;
+  /** How long the proxy waits for an upstream's response headers before answering 504; default 60 s. */
+  upstreamTimeoutMs?: number;
   logger?: Logger;
   now?: () => Date;
 }
@@ -143,7 +145,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     let proxy: Proxy | undefined;
     let publicAddress: string | undefined;
     if (opts.proxy !== false) {
-      proxy = new Proxy({ cache, auth, domain: info.domain, logger: logger.child({ component: 'proxy' }), now });
+      proxy = new Proxy({ cache, auth, domain: info.domain, logger: logger.child({ component: 'proxy' }), now, ...(opts.upstreamTimeoutMs ? { pools: new UpstreamPools({ headersTimeoutMs: opts.upstreamTimeoutMs }) } : {}) });
       cleanups.push(() => proxy!.close());
       const pub = opts.publicListen ?? '127.0.0.1:8444';
       if (pub !== 'off') {
