@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { Duplex } from 'node:stream';
+import type { Duplex, Readable } from 'node:stream';
 import { isPosternError } from '@postern/apis';
 import type { AuthServer } from '@postern/authserver';
 import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
@@ -273,7 +273,6 @@ export class ProxyCore {
     const log: AccessLogEntry = { rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0 };
     res.setHeader('x-postern-request-id', rid);
     let bytesIn = 0;
-    req.on('data', (c: Buffer) => (bytesIn += c.length));
     try {
       const { svc, caller, route, body, target } = await this.admit(req, entry, log, true);
       const endpoint = this.balancer(svc, route).pick(route.endpoints);
@@ -285,6 +284,7 @@ export class ProxyCore {
       log.upstream = base.origin;
       const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
       if (body) {
+        bytesIn = body.length;
         delete headers['transfer-encoding'];
         headers['content-length'] = String(body.length);
       }
@@ -301,7 +301,8 @@ export class ProxyCore {
           method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
           path: `${upstreamUrl.pathname}${upstreamUrl.search}`,
           headers,
-          body: body ?? (hasBody ? req : null),
+          // undici takes async iterables as bodies; its types lag behind.
+          body: body ?? (hasBody ? (counted(req, (n) => (bytesIn += n)) as unknown as Readable) : null),
         });
         this.balancer(svc, route).markHealthy(endpoint);
       } catch (err) {
@@ -332,7 +333,7 @@ export class ProxyCore {
     } catch (err) {
       this.fail(res, err, log);
     } finally {
-      log.bytesIn = bytesIn;
+      log.bytesIn = bytesIn || (log.bytesIn ?? 0);
       log.latencyMs = +(performance.now() - started).toFixed(3);
       logAccess(this.log, log);
     }
@@ -404,6 +405,14 @@ export class ProxyCore {
     this.unsubscribe();
     this.identity.close();
     await this.pools.close();
+  }
+}
+
+/** The request body as it streams to the upstream, counting bytes for the access log (no 'data' listener: that would drop chunks). */
+async function* counted(req: IncomingMessage, add: (n: number) => void): AsyncGenerator<Buffer> {
+  for await (const chunk of req) {
+    add((chunk as Buffer).length);
+    yield chunk as Buffer;
   }
 }
 
