@@ -4,7 +4,8 @@ import { PosternError, canonicalName, kindFromAlias, kinds, type AnyResource } f
 import { locateServerIssues, readApplyInput } from './apply-input.js';
 import { notImplemented, program, run } from './command.js';
 import type { Io } from './io.js';
-import { parseOutput, printResources } from './output.js';
+import { parseOutput, printResources, table } from './output.js';
+import type { ExplainResponse } from '@postern/apiserver';
 import { connect } from './session.js';
 
 function kindOf(word: string) {
@@ -123,10 +124,49 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
     });
 
   p.command('explain')
-    .description('show the policy decision for a request, rule by rule, without sending it')
-    .allowUnknownOption()
-    .allowExcessArguments()
-    .action(() => notImplemented('`posternctl explain`', 'it arrives with the identity-aware proxy'));
+    .description('show the proxy\'s decision for a request, rule by rule, without sending it')
+    .requiredOption('--service <svc>', 'the Service, svc or svc.ns')
+    .requiredOption('--user <user>', 'the User making the request')
+    .option('--method <method>', 'HTTP method', 'GET')
+    .option('--path <path>', 'request path (normalised as the proxy would)', '/')
+    .option('--header <k=v...>', 'a request header; repeat for more')
+    .option('--body <file>', 'a file with the request body (- for stdin)')
+    .option('--clientless', 'as a CLIENTLESS session on the public listener (default: through a tunnel)')
+    .option('-o, --output <format>', 'table or json', 'table')
+    .action(async (o: { service: string; user: string; method: string; path: string; header?: string[]; body?: string; clientless?: boolean; output: string }) => {
+      const headers: Record<string, string> = {};
+      for (const h of o.header ?? []) {
+        const i = h.indexOf('=');
+        if (i <= 0) throw new PosternError('ERR_USAGE', `--header takes key=value, not "${h}"`);
+        headers[h.slice(0, i).trim().toLowerCase()] = h.slice(i + 1);
+      }
+      const body = o.body === undefined ? undefined : Buffer.from(o.body === '-' ? await io.readStdin() : readFileSync(resolve(io.cwd, o.body), 'utf8'));
+      await withConn(async (conn) => {
+        const ex = await conn.call((c) => c.explain({ service: o.service, user: o.user, method: o.method, path: o.path, headers, ...(body ? { body } : {}), sessionType: o.clientless ? 'CLIENTLESS' : 'CLIENT' }));
+        if (o.output === 'json') return io.out(JSON.stringify(ex, null, 2) + '\n');
+        io.out(explainText(o, ex));
+      });
+    });
 
   return run(p, argv, io);
+}
+
+/** The human form of an explanation: the decision, the route, then every rule in order. */
+function explainText(o: { service: string; user: string; method: string; path: string }, ex: ExplainResponse): string {
+  const r = (ex.reason ?? {}) as { type?: string; policy?: string; rule?: string; priority?: number; attachedTo?: string; detail?: string };
+  const why =
+    r.type === 'RULE' ? `rule "${r.rule}" of policy "${r.policy}" on ${r.attachedTo} (priority ${r.priority})`
+    : r.type === 'PRE_CHECK' ? `pre-check ${r.detail}`
+    : r.type === 'CEL_ERROR' ? `CEL error in rule "${r.rule}" of "${r.policy}": ${r.detail}`
+    : 'no rule matched (deny by default)';
+  const lines = [`${o.method.toUpperCase()} ${o.path} to ${o.service} by ${o.user}`, `Decision: ${ex.effect}, by ${why}`];
+  if (ex.effect === 'ALLOW') {
+    lines.push(ex.config ? `Route:    config "${ex.config}" to ${ex.upstreams.join(', ')}, path ${ex.upstreamPath}` : 'Route:    none matches (the proxy would answer 404)');
+  }
+  lines.push('');
+  if (ex.rules.length === 0) return `${lines.join('\n')}No rules were evaluated.\n`;
+  lines.push('Rules in evaluation order (priority, then DENY before ALLOW, then attachment order):');
+  const decider = ex.rules.findIndex((x) => x.result === 'matched' || x.result === 'error');
+  const rows = ex.rules.map((x, i) => [String(i + 1), String(x.priority), x.effect, x.policy, x.attachedTo, x.rule, `${x.result}${x.error ? ` (${x.error})` : ''}${i === decider ? '  <- decides' : ''}`]);
+  return `${lines.join('\n')}\n${table(['#', 'PRIORITY', 'EFFECT', 'POLICY', 'ATTACHED TO', 'RULE', 'RESULT'], rows)}`;
 }

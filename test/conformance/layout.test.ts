@@ -11,8 +11,9 @@ const allowed: Record<string, string[]> = {
   'packages/store': ['apis'],
   'packages/policy': ['apis'],
   'packages/authserver': ['apis', 'store'],
-  'packages/apiserver': ['apis', 'store', 'policy', 'authserver'],
-  'packages/cluster': ['apis', 'store', 'policy', 'authserver', 'apiserver'],
+  'packages/proxy': ['apis', 'store', 'policy', 'authserver'],
+  'packages/apiserver': ['apis', 'store', 'policy', 'authserver', 'proxy'],
+  'packages/cluster': ['apis', 'store', 'policy', 'authserver', 'apiserver', 'proxy'],
   cli: ['apis', 'store', 'policy', 'authserver', 'apiserver', 'cluster'],
 };
 

@@ -173,4 +173,32 @@ describe('the shared examples through the proxy', () => {
       assert.equal(r.status, 413);
     });
   });
+
+  describe('posternctl explain says what the proxy does, without sending anything', () => {
+    it('shows the DENY that beats the ALLOW, and every rule in order', async () => {
+      const body = join(tc.dir, 'big.json');
+      (await import('node:fs')).writeFileSync(body, JSON.stringify({ amount: 20000 }));
+      const before = ups.get(9401)!.seen.length;
+      const r = await tc.cli('posternctl', ['explain', '--service', 'accounts.finance', '--user', 'alice', '--method', 'POST', '--path', '/transfers', '--header', 'x-team=payments', '--body', body, '-o', 'json']);
+      assert.equal(r.code, 0, r.err);
+      const ex = JSON.parse(r.out) as { effect: string; reason: { rule: string }; rules: { rule: string; result: string }[] };
+      assert.equal(ex.effect, 'DENY');
+      assert.equal(ex.reason.rule, 'block-large-transfers');
+      assert.deepEqual(ex.rules.map((x) => [x.rule, x.result]), [['block-large-transfers', 'matched'], ['dev-writes', 'not-reached'], ['reads', 'not-reached']]);
+      assert.equal(ups.get(9401)!.seen.length, before, 'explain sends nothing');
+      const small = join(tc.dir, 'small.json');
+      (await import('node:fs')).writeFileSync(small, JSON.stringify({ amount: 5 }));
+      const ok = await tc.cli('posternctl', ['explain', '--service', 'accounts.finance', '--user', 'alice', '--method', 'POST', '--path', '/transfers', '--header', 'x-team=payments', '--body', small]);
+      assert.match(ok.out, /Decision: ALLOW, by rule "dev-writes" of policy "writes" on Service\/accounts\.finance \(priority 0\)/);
+      assert.match(ok.out, /Route:    config "default" to http:\/\/127\.0\.0\.1:9401, path \/transfers/);
+      assert.match(ok.out, /dev-writes\s+matched  <- decides/);
+    });
+    it('agrees with the live proxy on routing, and names the pre-check for CLIENTLESS on a private Service', async () => {
+      const r = await tc.cli('posternctl', ['explain', '--service', 'catalog', '--user', 'alice', '--path', '/stable/x', '--clientless', '-o', 'json']);
+      const ex = JSON.parse(r.out) as { effect: string; config: string; upstreamPath: string };
+      assert.deepEqual([ex.effect, ex.config, ex.upstreamPath], ['ALLOW', 'stable', '/x']);
+      const p = JSON.parse((await tc.cli('posternctl', ['explain', '--service', 'inventory', '--user', 'bob', '--clientless', '-o', 'json'])).out) as { effect: string; reason: { detail: string } };
+      assert.deepEqual([p.effect, p.reason.detail], ['DENY', 'CLIENTLESS_ON_PRIVATE_SERVICE']);
+    });
+  });
 });

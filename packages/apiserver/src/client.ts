@@ -1,7 +1,7 @@
 import { credentials, Metadata, type ChannelCredentials, type ClientReadableStream } from '@grpc/grpc-js';
 import type { AnyResource } from '@postern/apis';
 import { AuthServiceClient, type SessionTokens } from './gen/postern/auth/v1/auth.js';
-import { CoreServiceClient, type ApplyResult, type CreateCredentialRequest, type WatchEvent } from './gen/postern/core/v1/core.js';
+import { CoreServiceClient, type ApplyResult, type CreateCredentialRequest, type ExplainResponse, type WatchEvent } from './gen/postern/core/v1/core.js';
 import { UserServiceClient, type GetStatusResponse, type ServiceInfo } from './gen/postern/user/v1/user.js';
 import { fromServiceError } from './grpc-errors.js';
 
@@ -77,6 +77,9 @@ export class ApiClient {
   createCredential(req: Partial<CreateCredentialRequest> & { user: string; type: string }): Promise<{ credential: AnyResource; token: string }> {
     return this.call(this.core, 'createCredential', { name: '', expiresAt: '', maxAuthentications: 0, sessionType: '', authorization: undefined, ...req });
   }
+  explain(req: { service: string; user: string; method?: string; path?: string; headers?: Record<string, string>; body?: Buffer; sessionType?: string }): Promise<ExplainResponse> {
+    return this.call(this.core, 'explain', { method: '', path: '', headers: {}, body: Buffer.alloc(0), sessionType: '', ...req });
+  }
   /** Streams changes; `onEvent` gets each, `onEnd` the error that ended the stream (undefined when cancelled). */
   watch(kinds: string[], fromVersion: string, onEvent: (ev: WatchEvent) => void, onEnd: (err?: Error) => void): { cancel(): void } {
     const stream: ClientReadableStream<WatchEvent> = this.core.watch({ kinds, fromVersion }, this.md());
@@ -110,4 +113,4 @@ export class ApiClient {
   }
 }
 
-export type { ApplyResult, ServiceInfo, SessionTokens, WatchEvent, GetStatusResponse };
+export type { ApplyResult, ExplainResponse, ServiceInfo, SessionTokens, WatchEvent, GetStatusResponse };

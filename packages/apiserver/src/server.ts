@@ -5,6 +5,7 @@ import type { AuthServer, Identity } from '@postern/authserver';
 import { decide, gatherPolicies, preCheck } from '@postern/policy';
 import type { ResourceCache, ResourceStore } from '@postern/store';
 import type { Logger } from 'pino';
+import { explainRequest, type ProxyCore } from '@postern/proxy';
 import { AuthServiceService, type AuthServiceServer } from './gen/postern/auth/v1/auth.js';
 import { CoreServiceService, type CoreServiceServer } from './gen/postern/core/v1/core.js';
 import { UserServiceService, type UserServiceServer } from './gen/postern/user/v1/user.js';
@@ -28,6 +29,8 @@ export interface ApiServerOptions {
   now?: () => Date;
   /** PEM key and certificate chain; without them the server speaks plaintext (tests on loopback only). */
   tls?: { key: string; cert: string };
+  /** The proxy's core, for `Explain`; without it Explain answers ERR_NOT_IMPLEMENTED. */
+  proxy?: ProxyCore;
 }
 
 type Unary<Req, Res> = (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void;
@@ -187,6 +190,31 @@ export class ApiServer {
         if (real.length) throw PosternError.fromIssues(real);
         const created = await this.opts.auth.createCredential({ ...(name ? { name } : {}), spec });
         return { credential: json(created.credential), token: created.token };
+      }),
+      explain: this.unary(s, 'Explain', (req: { service: string; user: string; method: string; path: string; headers: Record<string, string>; body: Buffer; sessionType: string }, id, rid) => {
+        authz(id, rid, 'Explain', 'Service', canonicalName('Service', req.service));
+        const core = this.opts.proxy;
+        if (!core) throw new PosternError('ERR_NOT_IMPLEMENTED', 'this API server runs without the proxy, so it cannot explain proxy decisions');
+        const sessionType = req.sessionType ? req.sessionType.toUpperCase() : 'CLIENT';
+        if (sessionType !== 'CLIENT' && sessionType !== 'CLIENTLESS') throw new PosternError('ERR_INVALID_VALUE', 'session type is CLIENT or CLIENTLESS');
+        const ex = explainRequest(core, this.opts.cache, { service: req.service, user: req.user, method: req.method || 'GET', path: req.path || '/', headers: req.headers, ...(req.body.length ? { body: req.body } : {}), sessionType }, this.now());
+        const decider = ex.decision.reason;
+        return {
+          effect: ex.decision.effect,
+          reason: json(decider),
+          rules: (ex.decision.trace ?? []).map((t) => ({
+            policy: t.policy,
+            attachedTo: t.attachedTo,
+            rule: t.rule,
+            effect: t.effect,
+            priority: t.priority,
+            result: t.matched === undefined ? 'not-reached' : t.matched === 'error' ? 'error' : t.matched ? 'matched' : 'not-matched',
+            error: t.error ?? '',
+          })),
+          config: ex.config ?? '',
+          upstreams: ex.upstreams,
+          upstreamPath: ex.upstreamPath ?? '',
+        };
       }),
       watch: (call: ServerWritableStream<{ kinds: string[]; fromVersion: string }, unknown>) => {
         const rid = randomUUID();

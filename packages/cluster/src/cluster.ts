@@ -139,14 +139,16 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     const listen = opts.listen ?? '127.0.0.1:8443';
     const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
     const tls = opts.insecure ? undefined : await clusterTls(store, info.domain, [`api.${info.domain}`, 'localhost', '127.0.0.1', '::1', ...(host && host !== '0.0.0.0' && host !== '::' ? [host] : []), ...(opts.certNames ?? [])], now());
-    const api = new ApiServer({ store, cache, auth, domain: info.domain, logger, now, ...(tls ? { tls: { key: tls.key, cert: tls.cert } } : {}) });
-    const port = await api.listen(listen);
-    cleanups.push(() => api.close());
     let proxy: Proxy | undefined;
     let publicAddress: string | undefined;
     if (opts.proxy !== false) {
       proxy = new Proxy({ cache, auth, domain: info.domain, logger: logger.child({ component: 'proxy' }), now, ...(opts.upstreamTimeoutMs ? { pools: new UpstreamPools({ headersTimeoutMs: opts.upstreamTimeoutMs }) } : {}) });
-      cleanups.push(() => proxy!.close());
+    }
+    const api = new ApiServer({ store, cache, auth, domain: info.domain, logger, now, ...(tls ? { tls: { key: tls.key, cert: tls.cert } } : {}), ...(proxy ? { proxy: proxy.core } : {}) });
+    if (proxy) cleanups.push(() => proxy!.close());
+    const port = await api.listen(listen);
+    cleanups.push(() => api.close());
+    if (proxy) {
       const pub = opts.publicListen ?? '127.0.0.1:8444';
       if (pub !== 'off') {
         const issuer = await LeafIssuer.open(store, info.domain, now);

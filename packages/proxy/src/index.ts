@@ -11,3 +11,4 @@ export { compileService, rewritePath, type CompiledService, type Route } from '.
 export { IdentityIndex, tokenFromRequest, type Caller } from './identity.js';
 export { framingProblem } from './headers.js';
 export { UpstreamPools, Balancer } from './upstream.js';
+export { explainRequest, type ExplainInput, type Explanation } from './explain.js';

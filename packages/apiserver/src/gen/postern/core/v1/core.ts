@@ -117,6 +117,45 @@ export interface CreateCredentialResponse {
   token: string;
 }
 
+export interface ExplainRequest {
+  /** `svc` or `svc.ns`. */
+  service: string;
+  user: string;
+  method: string;
+  path: string;
+  headers: { [key: string]: string };
+  body: Buffer;
+  /** CLIENT (through a tunnel, the default) or CLIENTLESS (public, with a token). */
+  sessionType: string;
+}
+
+export interface ExplainRequest_HeadersEntry {
+  key: string;
+  value: string;
+}
+
+export interface ExplainRule {
+  policy: string;
+  attachedTo: string;
+  rule: string;
+  effect: string;
+  priority: number;
+  /** matched | not-matched | error | not-reached */
+  result: string;
+  error: string;
+}
+
+export interface ExplainResponse {
+  effect: string;
+  reason: { [key: string]: any } | undefined;
+  rules: ExplainRule[];
+  /** The dynamicConfig rule or default config the request would take, when allowed. */
+  config: string;
+  upstreams: string[];
+  /** The normalised path the upstream would receive. */
+  upstreamPath: string;
+}
+
 function createBaseCreateRequest(): CreateRequest {
   return { resource: undefined, dryRun: false };
 }
@@ -1412,6 +1451,552 @@ export const CreateCredentialResponse: MessageFns<CreateCredentialResponse> = {
   },
 };
 
+function createBaseExplainRequest(): ExplainRequest {
+  return { service: "", user: "", method: "", path: "", headers: {}, body: Buffer.alloc(0), sessionType: "" };
+}
+
+export const ExplainRequest: MessageFns<ExplainRequest> = {
+  encode(message: ExplainRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.service !== "") {
+      writer.uint32(10).string(message.service);
+    }
+    if (message.user !== "") {
+      writer.uint32(18).string(message.user);
+    }
+    if (message.method !== "") {
+      writer.uint32(26).string(message.method);
+    }
+    if (message.path !== "") {
+      writer.uint32(34).string(message.path);
+    }
+    globalThis.Object.entries(message.headers).forEach(([key, value]: [string, string]) => {
+      ExplainRequest_HeadersEntry.encode({ key: key as any, value }, writer.uint32(42).fork()).join();
+    });
+    if (message.body.length !== 0) {
+      writer.uint32(50).bytes(message.body);
+    }
+    if (message.sessionType !== "") {
+      writer.uint32(58).string(message.sessionType);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.service = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.user = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.method = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.path = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            const entry5 = ExplainRequest_HeadersEntry.decode(reader, reader.uint32());
+            if (entry5.value !== undefined) {
+              message.headers[entry5.key] = entry5.value;
+            }
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.body = Buffer.from(reader.bytes());
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.sessionType = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainRequest {
+    return {
+      service: isSet(object.service) ? globalThis.String(object.service) : "",
+      user: isSet(object.user) ? globalThis.String(object.user) : "",
+      method: isSet(object.method) ? globalThis.String(object.method) : "",
+      path: isSet(object.path) ? globalThis.String(object.path) : "",
+      headers: isObject(object.headers)
+        ? (globalThis.Object.entries(object.headers) as [string, any][]).reduce(
+          (acc: { [key: string]: string }, [key, value]: [string, any]) => {
+            globalThis.Object.defineProperty(acc, key, {
+              value: globalThis.String(value),
+              enumerable: true,
+              configurable: true,
+              writable: true,
+            });
+            return acc;
+          },
+          {},
+        )
+        : {},
+      body: isSet(object.body) ? Buffer.from(bytesFromBase64(object.body)) : Buffer.alloc(0),
+      sessionType: isSet(object.sessionType)
+        ? globalThis.String(object.sessionType)
+        : isSet(object.session_type)
+        ? globalThis.String(object.session_type)
+        : "",
+    };
+  },
+
+  toJSON(message: ExplainRequest): unknown {
+    const obj: any = {};
+    if (message.service !== "") {
+      obj.service = message.service;
+    }
+    if (message.user !== "") {
+      obj.user = message.user;
+    }
+    if (message.method !== "") {
+      obj.method = message.method;
+    }
+    if (message.path !== "") {
+      obj.path = message.path;
+    }
+    if (message.headers) {
+      const entries = globalThis.Object.entries(message.headers) as [string, string][];
+      if (entries.length > 0) {
+        obj.headers = {};
+        entries.forEach(([k, v]) => {
+          obj.headers[k] = v;
+        });
+      }
+    }
+    if (message.body.length !== 0) {
+      obj.body = base64FromBytes(message.body);
+    }
+    if (message.sessionType !== "") {
+      obj.sessionType = message.sessionType;
+    }
+    return obj;
+  },
+};
+
+function createBaseExplainRequest_HeadersEntry(): ExplainRequest_HeadersEntry {
+  return { key: "", value: "" };
+}
+
+export const ExplainRequest_HeadersEntry: MessageFns<ExplainRequest_HeadersEntry> = {
+  encode(message: ExplainRequest_HeadersEntry, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.key !== "") {
+      writer.uint32(10).string(message.key);
+    }
+    if (message.value !== "") {
+      writer.uint32(18).string(message.value);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainRequest_HeadersEntry {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainRequest_HeadersEntry();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.key = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.value = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainRequest_HeadersEntry {
+    return {
+      key: isSet(object.key) ? globalThis.String(object.key) : "",
+      value: isSet(object.value) ? globalThis.String(object.value) : "",
+    };
+  },
+
+  toJSON(message: ExplainRequest_HeadersEntry): unknown {
+    const obj: any = {};
+    if (message.key !== "") {
+      obj.key = message.key;
+    }
+    if (message.value !== "") {
+      obj.value = message.value;
+    }
+    return obj;
+  },
+};
+
+function createBaseExplainRule(): ExplainRule {
+  return { policy: "", attachedTo: "", rule: "", effect: "", priority: 0, result: "", error: "" };
+}
+
+export const ExplainRule: MessageFns<ExplainRule> = {
+  encode(message: ExplainRule, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.policy !== "") {
+      writer.uint32(10).string(message.policy);
+    }
+    if (message.attachedTo !== "") {
+      writer.uint32(18).string(message.attachedTo);
+    }
+    if (message.rule !== "") {
+      writer.uint32(26).string(message.rule);
+    }
+    if (message.effect !== "") {
+      writer.uint32(34).string(message.effect);
+    }
+    if (message.priority !== 0) {
+      writer.uint32(40).int32(message.priority);
+    }
+    if (message.result !== "") {
+      writer.uint32(50).string(message.result);
+    }
+    if (message.error !== "") {
+      writer.uint32(58).string(message.error);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainRule {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainRule();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.policy = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.attachedTo = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rule = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.effect = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 40) {
+              break;
+            }
+
+            message.priority = reader.int32();
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.result = reader.string();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.error = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainRule {
+    return {
+      policy: isSet(object.policy) ? globalThis.String(object.policy) : "",
+      attachedTo: isSet(object.attachedTo)
+        ? globalThis.String(object.attachedTo)
+        : isSet(object.attached_to)
+        ? globalThis.String(object.attached_to)
+        : "",
+      rule: isSet(object.rule) ? globalThis.String(object.rule) : "",
+      effect: isSet(object.effect) ? globalThis.String(object.effect) : "",
+      priority: isSet(object.priority) ? globalThis.Number(object.priority) : 0,
+      result: isSet(object.result) ? globalThis.String(object.result) : "",
+      error: isSet(object.error) ? globalThis.String(object.error) : "",
+    };
+  },
+
+  toJSON(message: ExplainRule): unknown {
+    const obj: any = {};
+    if (message.policy !== "") {
+      obj.policy = message.policy;
+    }
+    if (message.attachedTo !== "") {
+      obj.attachedTo = message.attachedTo;
+    }
+    if (message.rule !== "") {
+      obj.rule = message.rule;
+    }
+    if (message.effect !== "") {
+      obj.effect = message.effect;
+    }
+    if (message.priority !== 0) {
+      obj.priority = Math.round(message.priority);
+    }
+    if (message.result !== "") {
+      obj.result = message.result;
+    }
+    if (message.error !== "") {
+      obj.error = message.error;
+    }
+    return obj;
+  },
+};
+
+function createBaseExplainResponse(): ExplainResponse {
+  return { effect: "", reason: undefined, rules: [], config: "", upstreams: [], upstreamPath: "" };
+}
+
+export const ExplainResponse: MessageFns<ExplainResponse> = {
+  encode(message: ExplainResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.effect !== "") {
+      writer.uint32(10).string(message.effect);
+    }
+    if (message.reason !== undefined) {
+      Struct.encode(Struct.wrap(message.reason), writer.uint32(18).fork()).join();
+    }
+    for (const v of message.rules) {
+      ExplainRule.encode(v!, writer.uint32(26).fork()).join();
+    }
+    if (message.config !== "") {
+      writer.uint32(34).string(message.config);
+    }
+    for (const v of message.upstreams) {
+      writer.uint32(42).string(v!);
+    }
+    if (message.upstreamPath !== "") {
+      writer.uint32(50).string(message.upstreamPath);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ExplainResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseExplainResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.effect = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.reason = Struct.unwrap(Struct.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.rules.push(ExplainRule.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.config = reader.string();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.upstreams.push(reader.string());
+            continue;
+          }
+          case 6: {
+            if (tag !== 50) {
+              break;
+            }
+
+            message.upstreamPath = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ExplainResponse {
+    return {
+      effect: isSet(object.effect) ? globalThis.String(object.effect) : "",
+      reason: isObject(object.reason) ? object.reason : undefined,
+      rules: globalThis.Array.isArray(object?.rules) ? object.rules.map((e: any) => ExplainRule.fromJSON(e)) : [],
+      config: isSet(object.config) ? globalThis.String(object.config) : "",
+      upstreams: globalThis.Array.isArray(object?.upstreams)
+        ? object.upstreams.map((e: any) => globalThis.String(e))
+        : [],
+      upstreamPath: isSet(object.upstreamPath)
+        ? globalThis.String(object.upstreamPath)
+        : isSet(object.upstream_path)
+        ? globalThis.String(object.upstream_path)
+        : "",
+    };
+  },
+
+  toJSON(message: ExplainResponse): unknown {
+    const obj: any = {};
+    if (message.effect !== "") {
+      obj.effect = message.effect;
+    }
+    if (message.reason !== undefined) {
+      obj.reason = message.reason;
+    }
+    if (message.rules?.length) {
+      obj.rules = message.rules.map((e) => ExplainRule.toJSON(e));
+    }
+    if (message.config !== "") {
+      obj.config = message.config;
+    }
+    if (message.upstreams?.length) {
+      obj.upstreams = message.upstreams;
+    }
+    if (message.upstreamPath !== "") {
+      obj.upstreamPath = message.upstreamPath;
+    }
+    return obj;
+  },
+};
+
 export type CoreServiceService = typeof CoreServiceService;
 export const CoreServiceService = {
   create: {
@@ -1500,6 +2085,16 @@ export const CoreServiceService = {
       Buffer.from(CreateCredentialResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): CreateCredentialResponse => CreateCredentialResponse.decode(value),
   },
+  /** The proxy's decision for a described request, rule by rule, without sending anything. */
+  explain: {
+    path: "/postern.core.v1.CoreService/Explain" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: ExplainRequest): Buffer => Buffer.from(ExplainRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ExplainRequest => ExplainRequest.decode(value),
+    responseSerialize: (value: ExplainResponse): Buffer => Buffer.from(ExplainResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ExplainResponse => ExplainResponse.decode(value),
+  },
 } as const;
 
 export interface CoreServiceServer extends UntypedServiceImplementation {
@@ -1515,6 +2110,8 @@ export interface CoreServiceServer extends UntypedServiceImplementation {
   getSecretValue: handleUnaryCall<GetRequest, SecretValueResponse>;
   /** Creates a Credential and returns its token once. */
   createCredential: handleUnaryCall<CreateCredentialRequest, CreateCredentialResponse>;
+  /** The proxy's decision for a described request, rule by rule, without sending anything. */
+  explain: handleUnaryCall<ExplainRequest, ExplainResponse>;
 }
 
 export interface CoreServiceClient extends Client {
@@ -1636,6 +2233,22 @@ export interface CoreServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: CreateCredentialResponse) => void,
+  ): ClientUnaryCall;
+  /** The proxy's decision for a described request, rule by rule, without sending anything. */
+  explain(
+    request: ExplainRequest,
+    callback: (error: ServiceError | null, response: ExplainResponse) => void,
+  ): ClientUnaryCall;
+  explain(
+    request: ExplainRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: ExplainResponse) => void,
+  ): ClientUnaryCall;
+  explain(
+    request: ExplainRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: ExplainResponse) => void,
   ): ClientUnaryCall;
 }
 
