@@ -24,13 +24,13 @@ describe('the shared examples through the proxy', () => {
   const addr = { alice: '127.0.50.2', bob: '127.0.50.3', ci: '127.0.50.4', eve: '127.0.50.5' };
 
   before(async () => {
-    for (const [port, name] of [[9101, 'inventory'], [9201, 'stable'], [9202, 'beta'], [9203, 'preview'], [9301, 'weather'], [9401, 'accounts']] as const) {
+    for (const [port, name] of [[9101, 'inventory'], [9201, 'stable'], [9202, 'beta'], [9203, 'preview'], [9301, 'weather'], [9401, 'accounts'], [9501, 'signup']] as const) {
       ups.set(port, await RecordingUpstream.start(port, name));
     }
     tc = await startTestCluster();
     await tc.login('root');
     assert.equal((await tc.cli('posternctl', ['create', 'secret', 'weather-token', '--value', 'sk-example'])).code, 0);
-    for (const f of ['01-users-and-policies.yaml', '02-service-basic.yaml', '03-service-dynamic-routing.yaml', '04-service-upstream-credentials.yaml', '05-service-body-policy.yaml']) {
+    for (const f of ['01-users-and-policies.yaml', '02-service-basic.yaml', '03-service-dynamic-routing.yaml', '04-service-upstream-credentials.yaml', '05-service-body-policy.yaml', '06-service-lua-plugin.yaml']) {
       const r = await tc.cli('posternctl', ['apply', join(examples, f)]);
       assert.equal(r.code, 0, `${f}: ${r.err}`);
     }
@@ -199,6 +199,25 @@ describe('the shared examples through the proxy', () => {
       assert.deepEqual([ex.effect, ex.config, ex.upstreamPath], ['ALLOW', 'stable', '/x']);
       const p = JSON.parse((await tc.cli('posternctl', ['explain', '--service', 'inventory', '--user', 'bob', '--clientless', '-o', 'json'])).out) as { effect: string; reason: { detail: string } };
       assert.deepEqual([p.effect, p.reason.detail], ['DENY', 'CLIENTLESS_ON_PRIVATE_SERVICE']);
+    });
+  });
+
+  describe('06 signup: a Lua plugin checks and rewrites the body, and edits the response', () => {
+    const post = (user: string, body: unknown) =>
+      send({ port: pub, method: 'POST', path: '/register', tls: { host: 'signup.example.test', ca }, body: JSON.stringify(body), headers: { authorization: `Bearer ${token[user]}`, 'content-type': 'application/json' } });
+    it('adds the caller\'s email to the body, drops X-Internal and sets X-User-Uid', async () => {
+      const r = await post('alice', { age: 30, name: 'A' });
+      assert.equal(r.status, 200, r.body);
+      assert.deepEqual(JSON.parse(ups.get(9501)!.last()!.body), { age: 30, name: 'A', email: 'alice@example.test' });
+      assert.equal(r.headers['x-internal'], undefined);
+      const alice = JSON.parse((await tc.cli('posternctl', ['get', 'user', 'alice', '-o', 'json'])).out) as { metadata: { uid: string } };
+      assert.equal(r.headers['x-user-uid'], alice.metadata.uid);
+    });
+    it('stops under-age or age-less sign-ups with 400 before the upstream', async () => {
+      const before = ups.get(9501)!.seen.length;
+      assert.equal((await post('bob', { age: 15 })).status, 400);
+      assert.equal((await post('bob', { name: 'no age' })).status, 400);
+      assert.equal(ups.get(9501)!.seen.length, before);
     });
   });
 });

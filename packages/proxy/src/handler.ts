@@ -1,13 +1,14 @@
-import { randomUUID } from 'node:crypto';
+import { createHash, randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
-import { isPosternError } from '@postern/apis';
+import { durationMs, isPosternError } from '@postern/apis';
 import type { AuthServer } from '@postern/authserver';
 import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
 import type { ResourceCache } from '@postern/store';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { logAccess, type AccessLogEntry } from './access-log.js';
+import { LuaPlugin, type LuaRequestState, type LuaResponseState } from './lua.js';
 import { connectionHeaders, flatHeaders, framingProblem } from './headers.js';
 import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
 import { normalizeTarget } from './normalize.js';
@@ -33,12 +34,12 @@ export interface ProxyCoreOptions {
 export type Entry = { kind: 'service'; service: string } | { kind: 'public' };
 
 class HttpError extends Error {
-  constructor(readonly status: number, readonly publicMessage: string, readonly internal?: string) {
+  constructor(readonly status: number, readonly publicMessage: string, readonly internal?: string, readonly headers: Record<string, string> = {}) {
     super(internal ?? publicMessage);
   }
 }
 
-const statusText: Record<number, string> = { 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
+const statusText: Record<number, string> = { 429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 
 /** Policies whose rules read the body: the request must then be buffered before deciding. */
 const readsBody = new WeakMap<object, boolean>();
@@ -67,6 +68,8 @@ export class ProxyCore {
   private readonly now: () => Date;
   private readonly log: Logger;
   private readonly unsubscribe: () => void;
+  private readonly lua = new Map<string, Promise<LuaPlugin>>();
+  private readonly rateWindows = new Map<string, { start: number; count: number }>();
 
   constructor(private readonly opts: ProxyCoreOptions) {
     this.now = opts.now ?? (() => new Date());
@@ -219,7 +222,7 @@ export class ProxyCore {
     const route = this.route(svc, ctx);
     if (!route) throw new HttpError(404, 'no route of this service matches the request', 'no dynamicConfig rule matched and there is no default config');
     log.config = route.name;
-    return { svc, caller, route, body, target };
+    return { svc, caller, route, body, target, ctx };
   }
 
   private upstreamHeaders(req: IncomingMessage, caller: Caller | undefined, svc: CompiledService, route: Route, upstream: URL, entry: Entry): Record<string, string | string[]> {
@@ -256,6 +259,79 @@ export class ProxyCore {
     return out;
   }
 
+  /** Compiles a Lua plugin once per distinct source. */
+  private luaPlugin(name: string, source: string): Promise<LuaPlugin> {
+    const key = createHash('sha256').update(source).digest('base64url');
+    let p = this.lua.get(key);
+    if (!p) {
+      p = LuaPlugin.compile(name, source);
+      p.catch(() => this.lua.delete(key));
+      this.lua.set(key, p);
+    }
+    return p;
+  }
+
+  /** The plugins of a route for a phase whose condition holds, in order. */
+  private plugins(route: Route, phase: 'PRE_AUTH' | 'POST_AUTH', ctx: Record<string, unknown>): Route['plugins'] {
+    return route.plugins.filter((p) => {
+      if ((p.phase ?? 'POST_AUTH') !== phase) return false;
+      if (!p.condition) return true;
+      try {
+        return evaluateCondition(p.condition, { ctx, attrs: {} });
+      } catch (err) {
+        throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name} condition: ${(err as Error).message}`);
+      }
+    });
+  }
+
+  /**
+   * Runs the request side of plugins: `direct` answers at once, `rateLimit` may answer 429,
+   * Lua may change headers and body or `exit(status)`. Returns a status to answer with, if any.
+   */
+  private async runRequestPlugins(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ServerResponse): Promise<boolean> {
+    for (const p of plugins) {
+      if (p.direct) {
+        for (const [k, v] of Object.entries(p.direct.headers ?? {})) res.setHeader(k, v);
+        res.statusCode = p.direct.statusCode ?? 200;
+        res.end(p.direct.body ?? '');
+        return true;
+      }
+      if (p.rateLimit) {
+        const rl = p.rateLimit;
+        const who = rl.key?.perSession ? caller?.session.metadata.name : rl.key?.perUser ? caller?.user.metadata.name : 'all';
+        const key = `${p.name}|${who ?? 'anonymous'}`;
+        const windowMs = durationMs(rl.window) ?? 60_000;
+        const t = this.now().getTime();
+        const w = this.rateWindows.get(key);
+        if (!w || t - w.start >= windowMs) this.rateWindows.set(key, { start: t, count: 1 });
+        else if (++w.count > rl.limit) throw new HttpError(429, 'rate limit exceeded', `plugin ${p.name}`, { 'retry-after': String(Math.ceil((w.start + windowMs - t) / 1000)) });
+        continue;
+      }
+      if (p.lua) {
+        try {
+          (await this.luaPlugin(p.name, p.lua.inline)).onRequest(state);
+        } catch (err) {
+          throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name}: ${(err as Error).message}`);
+        }
+        if (state.exitStatus) throw new HttpError(state.exitStatus, 'the request was stopped by a gateway plugin', `plugin ${p.name} exit(${state.exitStatus})`);
+        continue;
+      }
+      throw new HttpError(501, 'a gateway plugin of this kind is not implemented', `plugin ${p.name}`);
+    }
+    return false;
+  }
+
+  private async runResponsePlugins(plugins: Route['plugins'], state: LuaResponseState): Promise<void> {
+    for (const p of plugins) {
+      if (!p.lua) continue;
+      try {
+        (await this.luaPlugin(p.name, p.lua.inline)).onResponse(state);
+      } catch (err) {
+        throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name} onResponse: ${(err as Error).message}`);
+      }
+    }
+  }
+
   private balancer(svc: CompiledService, route: Route): Balancer {
     const key = `${svc.fullName}|${route.name}`;
     let b = this.balancers.get(key);
@@ -274,7 +350,9 @@ export class ProxyCore {
     res.setHeader('x-postern-request-id', rid);
     let bytesIn = 0;
     try {
-      const { svc, caller, route, body, target } = await this.admit(req, entry, log, true);
+      const admitted = await this.admit(req, entry, log, true);
+      const { svc, caller, route, target, ctx } = admitted;
+      let body = admitted.body;
       const endpoint = this.balancer(svc, route).pick(route.endpoints);
       if (!endpoint) throw new HttpError(502, 'the service has no upstream', 'no endpoints');
       if (endpoint.user) throw new HttpError(502, 'the upstream is served by a connected client, which is not supported yet', `upstream.user ${endpoint.user}`);
@@ -283,6 +361,15 @@ export class ProxyCore {
       const upstreamUrl = new URL(`${base.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`, base);
       log.upstream = base.origin;
       const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
+      const requestPlugins = this.plugins(route, 'POST_AUTH', ctx);
+      if (requestPlugins.length) {
+        const state: LuaRequestState = { ctx, body, requestHeaders: headers };
+        if (await this.runRequestPlugins(requestPlugins, state, caller, res)) {
+          log.status = res.statusCode;
+          return;
+        }
+        body = state.body;
+      }
       if (body) {
         bytesIn = body.length;
         delete headers['transfer-encoding'];
@@ -312,10 +399,14 @@ export class ProxyCore {
         throw new HttpError(502, 'the upstream could not be reached', `${code} ${(err as Error).message}`);
       }
       const drop = connectionHeaders(up.headers);
+      const responseHeaders = new Map<string, string | string[]>();
       for (const [k, v] of Object.entries(up.headers)) {
         if (v === undefined || drop.has(k) || route.removeResponseHeaders.has(k)) continue;
-        res.setHeader(k, v);
+        responseHeaders.set(k, v);
       }
+      const luaPlugins = requestPlugins.filter((p) => p.lua);
+      if (luaPlugins.length) await this.runResponsePlugins(luaPlugins, { ctx, responseHeaders });
+      for (const [k, v] of responseHeaders) res.setHeader(k, v);
       for (const h of route.addResponseHeaders) {
         const have = res.getHeader(h.key);
         res.setHeader(h.key, h.append && have !== undefined ? [...(Array.isArray(have) ? have.map(String) : [String(have)]), h.value] : h.value);
@@ -353,6 +444,7 @@ export class ProxyCore {
     res.setHeader('content-length', Buffer.byteLength(body));
     res.setHeader('cache-control', 'no-store');
     if (e.status === 401) res.setHeader('www-authenticate', 'Bearer realm="postern"');
+    for (const [k, v] of Object.entries(e.headers)) res.setHeader(k, v);
     if (e.status === 400 || e.status === 413) res.setHeader('connection', 'close');
     res.end(body);
   }
@@ -403,6 +495,7 @@ export class ProxyCore {
 
   async close(): Promise<void> {
     this.unsubscribe();
+    for (const p of this.lua.values()) void p.then((x) => x.close(), () => {});
     this.identity.close();
     await this.pools.close();
   }
