@@ -14,6 +14,7 @@ import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identit
 import { normalizeTarget } from './normalize.js';
 import { compileService, rewritePath, type CompiledService, type Route } from './routes.js';
 import { Balancer, UpstreamPools } from './upstream.js';
+import { H2Upstreams } from './h2upstream.js';
 import { UpstreamAuth, UpstreamAuthError } from './upstream-auth.js';
 
 /** Kinds the proxy reads from its cache. */
@@ -28,6 +29,8 @@ export interface ProxyCoreOptions {
   logger: Logger;
   now?: () => Date;
   pools?: UpstreamPools;
+  /** How long to wait for an upstream's response headers before 504; default 60 s. */
+  upstreamTimeoutMs?: number;
 }
 
 /** Where a request came in: a Service's own listener (tunnel side) or the public HTTPS listener. */
@@ -69,12 +72,15 @@ export class ProxyCore {
   private readonly log: Logger;
   private readonly unsubscribe: () => void;
   private readonly lua = new Map<string, Promise<LuaPlugin>>();
+  private readonly h2 = new H2Upstreams();
+  private readonly upstreamTimeoutMs: number;
   private readonly rateWindows = new Map<string, { start: number; count: number }>();
 
   constructor(private readonly opts: ProxyCoreOptions) {
     this.now = opts.now ?? (() => new Date());
     this.log = opts.logger;
     this.pools = opts.pools ?? new UpstreamPools();
+    this.upstreamTimeoutMs = opts.upstreamTimeoutMs ?? 60_000;
     this.identity = new IdentityIndex(opts.cache, opts.auth);
     this.upstreamAuth = new UpstreamAuth((name) => {
       const data = (opts.cache.get('Secret', name)?.spec as { data?: { value?: string; valueBytes?: string } } | undefined)?.data;
@@ -181,12 +187,13 @@ export class ProxyCore {
 
   /** Resolves the Service, the caller and the decision; throws HttpError for every refusal. */
   private async admit(req: IncomingMessage, entry: Entry, log: AccessLogEntry, readBody: boolean) {
-    const framing = framingProblem(req.rawHeaders);
+    // HTTP/2 frames carry their own lengths; Content-Length/Transfer-Encoding games are HTTP/1.1's.
+    const framing = req.httpVersionMajor === 2 ? undefined : framingProblem(req.rawHeaders);
     if (framing) throw new HttpError(400, 'ambiguous request framing', framing);
     const target = normalizeTarget(req.url ?? '');
     if (!target.ok) throw new HttpError(400, 'bad request path', target.reason);
     log.path = target.path;
-    const svc = entry.kind === 'service' ? this.services.get(entry.service) : this.serviceForHost(req.headers.host);
+    const svc = entry.kind === 'service' ? this.services.get(entry.service) : this.serviceForHost(req.headers.host ?? (req.headers[':authority'] as string | undefined));
     if (!svc) throw new HttpError(404, 'no such service');
     log.service = svc.fullName;
     const caller = svc.spec.isAnonymous ? undefined : this.identify(req, svc, entry);
@@ -213,6 +220,8 @@ export class ProxyCore {
       body,
     });
     const ctx = this.context(svc, caller, http);
+    const grpc = grpcCall(req.headers['content-type'], target.path);
+    if (grpc) (ctx.request as Record<string, unknown>).grpc = grpc;
     const decision = this.authorize(svc, caller, ctx);
     log.decision = decision.effect;
     log.reason = decision.reason;
@@ -229,7 +238,11 @@ export class ProxyCore {
     const drop = connectionHeaders(req.headers);
     const out: Record<string, string | string[]> = {};
     for (const [k, v] of Object.entries(req.headers)) {
-      if (v === undefined || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k.startsWith('x-postern-')) continue;
+      if (k === 'te' && v === 'trailers' && route.upstreamHttp2) {
+        out.te = 'trailers'; // gRPC needs it, and HTTP/2 allows exactly this value
+        continue;
+      }
+      if (v === undefined || k.startsWith(':') || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k.startsWith('x-postern-')) continue;
       if (k === 'authorization' && !route.passAuthorization && !svc.spec.isAnonymous) continue;
       if (k === 'cookie' && typeof v === 'string' && v.includes('postern_auth=')) {
         const rest = v.split(';').map((c) => c.trim()).filter((c) => !c.startsWith('postern_auth='));
@@ -243,7 +256,8 @@ export class ProxyCore {
     const peer = plainIp(req.socket.remoteAddress);
     out['x-forwarded-for'] = peer;
     out['x-forwarded-proto'] = entry.kind === 'public' ? 'https' : 'http';
-    if (req.headers.host) out['x-forwarded-host'] = req.headers.host;
+    const host = req.headers.host ?? (req.headers[':authority'] as string | undefined);
+    if (host) out['x-forwarded-host'] = host;
     if (caller) {
       out['x-postern-user'] = caller.user.metadata.name;
       if (caller.user.metadata.uid) out['x-postern-user-uid'] = caller.user.metadata.uid;
@@ -257,6 +271,34 @@ export class ProxyCore {
       out[h.key] = h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value;
     }
     return out;
+  }
+
+  /** Forwards over HTTP/2 (gRPC upstreams); same shape as an undici response, plus trailers. */
+  private async forwardH2(base: URL, method: string, path: string, headers: Record<string, string | string[]>, body: Buffer | AsyncIterable<Buffer> | null, route: Route) {
+    const h2headers: Record<string, string | string[]> = { ':method': method, ':path': path, ':scheme': base.protocol.startsWith('https') || base.protocol.startsWith('grpcs') ? 'https' : 'http', ':authority': base.host };
+    for (const [k, v] of Object.entries(headers)) if (k !== 'host' && k !== 'transfer-encoding') h2headers[k] = v;
+    const stream = this.h2.open(`${base.protocol}//${base.host}`, h2headers, route.insecureSkipVerify);
+    const response = H2Upstreams.response(stream, this.upstreamTimeoutMs);
+    // Send the body now: gRPC servers answer only after reading it.
+    void (async () => {
+      try {
+        if (body instanceof Buffer) stream.end(body);
+        else if (body) {
+          for await (const chunk of body) if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+          stream.end();
+        } else stream.end();
+      } catch {
+        stream.close();
+      }
+    })();
+    const rh = await response;
+    const trailers = new Promise<Record<string, string | string[] | undefined>>((resolve) => {
+      stream.once('trailers', (t) => resolve(t as Record<string, string | string[] | undefined>));
+      stream.once('close', () => resolve({}));
+    });
+    const out: Record<string, string | string[] | undefined> = {};
+    for (const [k, v] of Object.entries(rh)) if (!k.startsWith(':')) out[k] = v as string | string[];
+    return { statusCode: Number(rh[':status'] ?? 502), headers: out, body: stream as AsyncIterable<Buffer>, h2Trailers: trailers };
   }
 
   /** Compiles a Lua plugin once per distinct source. */
@@ -381,16 +423,23 @@ export class ProxyCore {
         if (err instanceof UpstreamAuthError) throw new HttpError(502, 'the gateway could not authenticate to the upstream', err.message);
         throw err;
       }
-      const hasBody = body !== undefined ? body.length > 0 : req.headers['content-length'] !== undefined ? Number(req.headers['content-length']) > 0 : req.headers['transfer-encoding'] !== undefined;
-      let up: Dispatcher.ResponseData;
+      const hasBody =
+        body !== undefined ? body.length > 0
+        : req.httpVersionMajor === 2 ? !(req as unknown as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders
+        : req.headers['content-length'] !== undefined ? Number(req.headers['content-length']) > 0
+        : req.headers['transfer-encoding'] !== undefined;
+      const upstreamBody = body ?? (hasBody ? counted(req, (n) => (bytesIn += n)) : null);
+      let up: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Buffer>; h2Trailers?: Promise<Record<string, string | string[] | undefined>> };
       try {
-        up = await this.pools.get(base.origin, route).request({
-          method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
-          path: `${upstreamUrl.pathname}${upstreamUrl.search}`,
-          headers,
-          // undici takes async iterables as bodies; its types lag behind.
-          body: body ?? (hasBody ? (counted(req, (n) => (bytesIn += n)) as unknown as Readable) : null),
-        });
+        up = route.upstreamHttp2
+          ? await this.forwardH2(base, req.method ?? 'GET', `${upstreamUrl.pathname}${upstreamUrl.search}`, headers, upstreamBody, route)
+          : await this.pools.get(base.origin, route).request({
+              method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+              path: `${upstreamUrl.pathname}${upstreamUrl.search}`,
+              headers,
+              // undici takes async iterables as bodies; its types lag behind.
+              body: upstreamBody as unknown as Readable | Buffer | null,
+            });
         this.balancer(svc, route).markHealthy(endpoint);
       } catch (err) {
         const code = (err as { code?: string }).code ?? '';
@@ -400,9 +449,13 @@ export class ProxyCore {
       }
       const drop = connectionHeaders(up.headers);
       const responseHeaders = new Map<string, string | string[]>();
+      // A gRPC "trailers-only" answer puts grpc-status in the headers; we always send headers
+      // first, so move the status to the trailers, where clients then look for it.
+      const grpcStatus: Record<string, string | string[]> = {};
       for (const [k, v] of Object.entries(up.headers)) {
         if (v === undefined || drop.has(k) || route.removeResponseHeaders.has(k)) continue;
-        responseHeaders.set(k, v);
+        if (up.h2Trailers && (k === 'grpc-status' || k === 'grpc-message' || k === 'grpc-status-details-bin')) grpcStatus[k] = v;
+        else responseHeaders.set(k, v);
       }
       const luaPlugins = requestPlugins.filter((p) => p.lua);
       if (luaPlugins.length) await this.runResponsePlugins(luaPlugins, { ctx, responseHeaders });
@@ -420,6 +473,9 @@ export class ProxyCore {
         if (!res.write(chunk)) await new Promise((r) => res.once('drain', r));
         if (res.destroyed) break;
       }
+      // gRPC puts its status in trailers: pass them on (HTTP/2 clients only).
+      const trailers = { ...grpcStatus, ...(up.h2Trailers ? await up.h2Trailers : {}) };
+      if (Object.keys(trailers).length) res.addTrailers(trailers as Record<string, string>);
       res.end();
     } catch (err) {
       this.fail(res, err, log);
@@ -496,9 +552,17 @@ export class ProxyCore {
   async close(): Promise<void> {
     this.unsubscribe();
     for (const p of this.lua.values()) void p.then((x) => x.close(), () => {});
+    this.h2.close();
     this.identity.close();
     await this.pools.close();
   }
+}
+
+/** `ctx.request.grpc` for a gRPC call: `/pkg.Service/Method` → `{service: "pkg.Service", method: "Method"}`. */
+function grpcCall(contentType: string | string[] | undefined, path: string): { service: string; method: string } | undefined {
+  if (typeof contentType !== 'string' || !contentType.startsWith('application/grpc')) return undefined;
+  const m = path.match(/^\/([^/]+)\/([^/]+)$/);
+  return m ? { service: m[1]!, method: m[2]! } : undefined;
 }
 
 /** The request body as it streams to the upstream, counting bytes for the access log (no 'data' listener: that would drop chunks). */

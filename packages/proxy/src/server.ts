@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import { createServer, type Server, type IncomingMessage, type ServerResponse } from 'node:http';
-import { createServer as createHttpsServer, type ServerOptions as HttpsOptions } from 'node:https';
+import { createServer as createH2cServer, createSecureServer } from 'node:http2';
+import type { ServerOptions as HttpsOptions } from 'node:https';
 import type { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ProxyCore, type Entry, type ProxyCoreOptions } from './handler.js';
@@ -41,7 +42,20 @@ export class Proxy {
     return server;
   }
 
+  private readonly sockets = new Map<Server, Set<Socket>>();
+
   private async bind(key: string, server: Server, host: string, port: number): Promise<number> {
+    // Track connections so closing a listener ends HTTP/1.1 keep-alive and HTTP/2 sessions alike.
+    const sockets = new Set<Socket>();
+    this.sockets.set(server, sockets);
+    server.on('connection', (sock: Socket) => {
+      sockets.add(sock);
+      sock.once('close', () => sockets.delete(sock));
+    });
+    server.on('secureConnection', (sock: Socket) => {
+      sockets.add(sock);
+      sock.once('close', () => sockets.delete(sock));
+    });
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => {
@@ -53,16 +67,26 @@ export class Proxy {
     return (server.address() as { port: number }).port;
   }
 
-  /** Serves one Service on `host:port` (port 0 picks one); resolves to the port bound. */
+  /**
+   * Serves one Service on `host:port` (port 0 picks one); resolves to the port bound. GRPC-mode
+   * Services get an HTTP/2 (h2c, prior knowledge) listener, as gRPC clients expect; the rest HTTP/1.1.
+   */
   async listenService(fullName: string, host: string, port: number): Promise<number> {
     const key = `service:${fullName}:${host}`;
     await this.closeListener(key);
-    return this.bind(key, this.wire(createServer(serverOptions), { kind: 'service', service: fullName }), host, port);
+    const grpc = this.core.service(fullName)?.spec.mode === 'GRPC';
+    const server = grpc ? (createH2cServer({ maxSessionMemory: 64 }) as unknown as Server) : createServer(serverOptions);
+    return this.bind(key, this.wire(server, { kind: 'service', service: fullName }), host, port);
   }
 
-  /** Serves every public Service over HTTPS on `host:port`, routed by Host (`<svc>.<domain>`, `<svc>.<ns>.<domain>`). */
+  /**
+   * Serves every public Service over HTTPS on `host:port`, routed by Host (`<svc>.<domain>`,
+   * `<svc>.<ns>.<domain>`); HTTP/2 (so gRPC works) and HTTP/1.1, chosen by ALPN.
+   */
   async listenPublic(host: string, port: number, tls: HttpsOptions): Promise<number> {
-    const server = createHttpsServer({ ...serverOptions, ...tls }) as unknown as Server;
+    const server = createSecureServer({ ...tls, allowHTTP1: true, maxSessionMemory: 64 } as never) as unknown as Server;
+    server.headersTimeout = serverOptions.headersTimeout;
+    server.requestTimeout = serverOptions.requestTimeout;
     return this.bind(`public:${host}`, this.wire(server, { kind: 'public' }), host, port);
   }
 
@@ -72,7 +96,8 @@ export class Proxy {
     this.servers.delete(key);
     await new Promise<void>((resolve) => {
       s.close(() => resolve());
-      s.closeAllConnections();
+      for (const sock of this.sockets.get(s) ?? []) sock.destroy();
+      this.sockets.delete(s);
     });
   }
 
