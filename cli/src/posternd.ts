@@ -9,7 +9,7 @@ function nextSteps(domain: string, address: string, token: string | undefined, f
   const lines = [
     `Postern is running for domain ${domain}`,
     `  API        ${address}${fingerprint ? ` (TLS; cluster CA ${fingerprint})` : ' (plaintext)'}`,
-    ...(publicAddress ? [`  Public     https://<service>.${domain} served on ${publicAddress}`] : []),
+    ...(publicAddress ? [`  Public     <service>.${domain} served on ${publicAddress}`] : []),
     '',
   ];
   if (token) {
@@ -65,14 +65,16 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       .description('run every component in one process, initializing the cluster on first start')
       .option('--domain <domain>', 'the cluster domain (required the first time)')
       .option('--listen <host:port>', 'API address', '127.0.0.1:8443')
-      .option('--public-listen <host:port>', 'HTTPS address for public Services, or "off"', '127.0.0.1:8444'),
-  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string }) => {
+      .option('--public-listen <host:port>', 'HTTPS address for public Services, or "off"', '127.0.0.1:8444')
+      .option('--public-plaintext', 'serve public Services in plain HTTP (TLS terminated by a load balancer in front)'),
+  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string; publicPlaintext?: boolean }) => {
     const cluster = await startCluster({
       ...(o.domain ? { domain: o.domain } : {}),
       dataDir: resolve(io.cwd, o.data ?? '.postern'),
       ...(o.database ?? io.env.POSTERN_DATABASE_URL ? { database: o.database ?? io.env.POSTERN_DATABASE_URL } : {}),
       listen: o.listen,
       publicListen: o.publicListen,
+      ...(o.publicPlaintext ? { publicPlaintext: true } : {}),
       autoInit: true,
     });
     io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint, cluster.publicAddress));

@@ -1,7 +1,16 @@
-/** `npm run bench`: runs the benchmarks and prints a Markdown table for the README. */
+/**
+ * `npm run bench [control-plane|proxy]`: runs the benchmarks (all by default) and prints a
+ * Markdown table for the README. Needs wrk and nginx for the proxy set (Debian: apt-get install
+ * wrk nginx) and the PostgreSQL server binaries for the control-plane set.
+ */
 import { controlPlaneBenchmarks, type BenchRow } from './control-plane.js';
+import { proxyBenchmarks } from './proxy.js';
 
-const rows: BenchRow[] = await controlPlaneBenchmarks();
+const which = process.argv.slice(2);
+const want = (name: string) => which.length === 0 || which.includes(name);
+const rows: BenchRow[] = [];
+if (want('control-plane')) rows.push(...(await controlPlaneBenchmarks()));
+if (want('proxy')) rows.push(...(await proxyBenchmarks()));
 console.log('| benchmark | ours | reference | ratio | target | met |');
 console.log('|---|---|---|---|---|---|');
 for (const r of rows) console.log(`| ${r.name} | ${r.ours} | ${r.reference} | ${r.ratio} | ${r.target} | ${r.pass ? 'yes' : '**no**'} |`);

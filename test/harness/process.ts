@@ -7,6 +7,8 @@ const bin = (name: string) => join(repo, 'cli', 'bin', `${name}.js`);
 export interface RunningPosternd {
   proc: ChildProcess;
   address: string;
+  /** The public listener, when posternd has one. */
+  publicAddress: string | undefined;
   rootToken: string | undefined;
   caFingerprint: string | undefined;
   stdout: string;
@@ -18,7 +20,8 @@ export async function spawnPosternd(args: string[], opts: { cwd: string; env?: N
   const proc = spawn(process.execPath, [bin('posternd'), ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
-  proc.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  // Keep the tail only: a busy proxy logs a line per request.
+  proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-65_536)));
   const banner = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`posternd did not start within ${opts.timeoutMs ?? 30_000} ms:\n${stderr}`)), opts.timeoutMs ?? 30_000);
     proc.stdout!.on('data', (d: Buffer) => {
@@ -40,6 +43,7 @@ export async function spawnPosternd(args: string[], opts: { cwd: string; env?: N
   return {
     proc,
     address,
+    publicAddress: banner.match(/served on (\S+)/)?.[1],
     rootToken: token,
     caFingerprint: fp,
     stdout,

@@ -27,6 +27,8 @@ export interface ClusterOptions {
   certNames?: string[];
   /** Public HTTPS listener of the proxy, `host:port`; default 127.0.0.1:8444; `off` for none. */
   publicListen?: string;
+  /** Serve the public listener in plain HTTP, for a TLS-terminating load balancer in front. */
+  publicPlaintext?: boolean;
   /** Run the proxy (default true). */
   proxy?: boolean;
   /** How long the proxy waits for an upstream's response headers before answering 504; default 60 s. */
@@ -89,7 +91,14 @@ function lockDataDir(dir: string): () => void {
 /** Starts every server component present so far (API, auth) in this process. */
 export async function startCluster(opts: ClusterOptions): Promise<RunningCluster> {
   const now = opts.now ?? (() => new Date());
-  const logger = opts.logger ?? pino({ name: 'posternd', redact: { paths: ['*.token', '*.accessToken', '*.refreshToken', '*.authorization', 'req.headers.authorization'], censor: '[redacted]' } }, pino.destination(2));
+  const cleanups0: (() => void)[] = [];
+  // Buffered, asynchronous writes: the proxy logs a line per request. Redaction names exact paths
+  // (wildcards cost on every line); no log call passes tokens or headers, this is a second guard.
+  const destination = pino.destination({ dest: 2, sync: false, minLength: 4096 });
+  const logger =
+    opts.logger ??
+    pino({ name: 'posternd', level: process.env.POSTERN_LOG_LEVEL ?? 'info', redact: { paths: ['token', 'accessToken', 'refreshToken', 'authorization', 'headers.authorization', 'err.config.headers'], censor: '[redacted]' } }, destination);
+  if (!opts.logger) cleanups0.push(() => destination.flushSync());
   const dataDir = opts.database ? undefined : resolve(opts.dataDir ?? '.postern');
   let unlock: (() => void) | undefined;
   if (dataDir) {
@@ -103,7 +112,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     unlock?.();
     throw err;
   }
-  const cleanups: (() => Promise<void> | void)[] = [() => unlock?.(), () => store.close()];
+  const cleanups: (() => Promise<void> | void)[] = [...cleanups0, () => unlock?.(), () => store.close()];
   const closeAll = async () => {
     for (const c of cleanups.reverse()) await c();
   };
@@ -151,10 +160,10 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     if (proxy) {
       const pub = opts.publicListen ?? '127.0.0.1:8444';
       if (pub !== 'off') {
+        const { host: ph, port: pp } = splitListen(pub);
         const issuer = await LeafIssuer.open(store, info.domain, now);
         const fallback = await issuer.certFor(`${info.domain}`);
-        const { host: ph, port: pp } = splitListen(pub);
-        const bound = await proxy.listenPublic(ph, pp, {
+        const bound = opts.publicPlaintext ? await proxy.listenPublicPlaintext(ph, pp) : await proxy.listenPublic(ph, pp, {
           key: fallback.key,
           cert: fallback.cert,
           SNICallback: (servername, cb) => {

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { isIP } from 'node:net';
 import { Environment } from '@marcbachmann/cel-js';
 
@@ -91,12 +90,12 @@ const cache = new Map<string, CompiledExpression>();
 const maxCached = 50_000;
 
 /**
- * Compiles a CEL expression once; later calls with the same text reuse it (keyed by content hash).
+ * Compiles a CEL expression once; later calls with the same text reuse it (the cache is keyed by
+ * the expression's content, so identical rules in different policies share one program).
  * Throws CelCompileError with the column of the problem.
  */
 export function compileCel(expression: string): CompiledExpression {
-  const key = createHash('sha256').update(expression).digest('base64url');
-  const hit = cache.get(key);
+  const hit = cache.get(expression);
   if (hit) return hit;
   let program: CompiledExpression;
   try {
@@ -107,7 +106,7 @@ export function compileCel(expression: string): CompiledExpression {
     throw new CelCompileError(expression, msg.split('\n')[0] ?? msg, caretColumn(msg));
   }
   if (cache.size >= maxCached) cache.clear();
-  cache.set(key, program);
+  cache.set(expression, program);
   return program;
 }
 

@@ -100,8 +100,25 @@ interface OrderedRule {
   seq: number;
 }
 
+/** Ordered rules of a single policy spec, computed once per spec object (specs are immutable cache entries). */
+const orderedBySpec = new WeakMap<object, OrderedRule[]>();
+
 /** Rules sorted as REFERENCE.md says: priority ascending, DENY before ALLOW at equal priority, then attachment order. */
 export function orderRules(policies: readonly PolicySource[]): OrderedRule[] {
+  // The common case on the request path: one policy. Its order never changes, so keep it.
+  if (policies.length === 1) {
+    const only = policies[0]!;
+    let cached = orderedBySpec.get(only.spec);
+    if (!cached || cached[0]?.source.attachedTo !== only.attachedTo || cached[0]?.source.name !== only.name) {
+      cached = sortRules([only]);
+      orderedBySpec.set(only.spec, cached);
+    }
+    return cached;
+  }
+  return sortRules(policies);
+}
+
+function sortRules(policies: readonly PolicySource[]): OrderedRule[] {
   const out: OrderedRule[] = [];
   let seq = 0;
   for (const source of policies) {

@@ -400,10 +400,11 @@ export class ProxyCore {
       if (endpoint.user) throw new HttpError(502, 'the upstream is served by a connected client, which is not supported yet', `upstream.user ${endpoint.user}`);
       const base = endpoint.url;
       const path = rewritePath(target.path, route);
-      const upstreamUrl = new URL(`${base.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`, base);
+      // The normalised path is already safe to append; building a URL object per request is not needed.
+      const upstreamPath = `${base.pathname === '/' ? '' : base.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`;
       log.upstream = base.origin;
       const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
-      const requestPlugins = this.plugins(route, 'POST_AUTH', ctx);
+      const requestPlugins = route.plugins.length ? this.plugins(route, 'POST_AUTH', ctx) : route.plugins;
       if (requestPlugins.length) {
         const state: LuaRequestState = { ctx, body, requestHeaders: headers };
         if (await this.runRequestPlugins(requestPlugins, state, caller, res)) {
@@ -418,7 +419,7 @@ export class ProxyCore {
         headers['content-length'] = String(body.length);
       }
       try {
-        Object.assign(headers, await this.upstreamAuth.headers(route, { method: req.method ?? 'GET', url: upstreamUrl, headers: headers as Record<string, string>, body }));
+        if (route.auth) Object.assign(headers, await this.upstreamAuth.headers(route, { method: req.method ?? 'GET', url: new URL(upstreamPath, base), headers: headers as Record<string, string>, body }));
       } catch (err) {
         if (err instanceof UpstreamAuthError) throw new HttpError(502, 'the gateway could not authenticate to the upstream', err.message);
         throw err;
@@ -432,10 +433,10 @@ export class ProxyCore {
       let up: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Buffer>; h2Trailers?: Promise<Record<string, string | string[] | undefined>> };
       try {
         up = route.upstreamHttp2
-          ? await this.forwardH2(base, req.method ?? 'GET', `${upstreamUrl.pathname}${upstreamUrl.search}`, headers, upstreamBody, route)
+          ? await this.forwardH2(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route)
           : await this.pools.get(base.origin, route).request({
               method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
-              path: `${upstreamUrl.pathname}${upstreamUrl.search}`,
+              path: upstreamPath,
               headers,
               // undici takes async iterables as bodies; its types lag behind.
               body: upstreamBody as unknown as Readable | Buffer | null,
@@ -459,15 +460,15 @@ export class ProxyCore {
       }
       const luaPlugins = requestPlugins.filter((p) => p.lua);
       if (luaPlugins.length) await this.runResponsePlugins(luaPlugins, { ctx, responseHeaders });
-      for (const [k, v] of responseHeaders) res.setHeader(k, v);
       for (const h of route.addResponseHeaders) {
-        const have = res.getHeader(h.key);
-        res.setHeader(h.key, h.append && have !== undefined ? [...(Array.isArray(have) ? have.map(String) : [String(have)]), h.value] : h.value);
+        const have = responseHeaders.get(h.key);
+        responseHeaders.set(h.key, h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value);
       }
-      res.statusCode = up.statusCode;
+      res.writeHead(up.statusCode, Object.fromEntries(responseHeaders));
       log.status = up.statusCode;
-      // Server-sent events and other long streams: send headers now, flush each chunk as it comes.
-      res.flushHeaders();
+      // A body of unknown length (server-sent events, long polls): send the headers now rather
+      // than with the first chunk. Known-length bodies go out with the headers in one write.
+      if (up.headers['content-length'] === undefined) res.flushHeaders();
       for await (const chunk of up.body) {
         log.bytesOut += (chunk as Buffer).length;
         if (!res.write(chunk)) await new Promise((r) => res.once('drain', r));

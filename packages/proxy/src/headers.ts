@@ -4,9 +4,11 @@ import type { IncomingHttpHeaders } from 'node:http';
 const hopByHop = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
 
 /** Hop-by-hop headers plus any the Connection header names. */
-export function connectionHeaders(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): Set<string> {
-  const out = new Set(hopByHop);
+export function connectionHeaders(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): ReadonlySet<string> {
   const c = headers.connection;
+  // Most requests name nothing beyond keep-alive/close: share the constant set.
+  if (c === undefined || c === 'keep-alive' || c === 'close') return hopByHop;
+  const out = new Set(hopByHop);
   for (const v of Array.isArray(c) ? c : c ? [c] : []) for (const name of v.split(',')) if (name.trim()) out.add(name.trim().toLowerCase());
   return out;
 }

@@ -90,6 +90,14 @@ export class Proxy {
     return this.bind(`public:${host}`, this.wire(server, { kind: 'public' }), host, port);
   }
 
+  /**
+   * The public listener without TLS, for when a load balancer in front terminates it. Callers
+   * are still identified by token; the scheme policies see stays `https`.
+   */
+  async listenPublicPlaintext(host: string, port: number): Promise<number> {
+    return this.bind(`public:${host}`, this.wire(createServer(serverOptions), { kind: 'public' }), host, port);
+  }
+
   private async closeListener(key: string): Promise<void> {
     const s = this.servers.get(key);
     if (!s) return;
