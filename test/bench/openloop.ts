@@ -1,0 +1,49 @@
+/**
+ * An open-loop load generator: sends requests at a fixed rate whatever the answers, and measures
+ * each latency from the moment the request was due (so a stall is not hidden by the client
+ * slowing down — no coordinated omission). Runs as its own process:
+ *   node openloop.js <url> <rate/s> <seconds> [headers-json]
+ * and prints {"sent","ok","p50","p90","p99","max"} in ms.
+ */
+import { Pool } from 'undici';
+
+const [url, rateArg, secondsArg, headersArg] = process.argv.slice(2);
+const rate = Number(rateArg);
+const seconds = Number(secondsArg);
+const headers = headersArg ? (JSON.parse(headersArg) as Record<string, string>) : {};
+const target = new URL(url!);
+const pool = new Pool(target.origin, { connections: 128, pipelining: 1 });
+const lat: number[] = [];
+let ok = 0;
+let sent = 0;
+const total = Math.round(rate * seconds);
+const start = performance.now();
+const inflight: Promise<void>[] = [];
+
+await new Promise<void>((resolve) => {
+  const tick = () => {
+    const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate));
+    while (sent < due) {
+      const scheduled = start + (sent / rate) * 1000;
+      sent++;
+      inflight.push(
+        pool
+          .request({ method: 'GET', path: `${target.pathname}${target.search}`, headers })
+          .then(async (res) => {
+            await res.body.dump();
+            if (res.statusCode === 200) ok++;
+            lat.push(performance.now() - scheduled);
+          })
+          .catch(() => void lat.push(performance.now() - scheduled)),
+      );
+    }
+    if (sent >= total) resolve();
+    else setImmediate(tick);
+  };
+  tick();
+});
+await Promise.all(inflight);
+await pool.close();
+lat.sort((a, b) => a - b);
+const pct = (p: number) => +(lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))] ?? NaN).toFixed(3);
+console.log(JSON.stringify({ sent, ok, p50: pct(50), p90: pct(90), p99: pct(99), max: +(lat.at(-1) ?? NaN).toFixed(3) }));
