@@ -1,8 +1,12 @@
-import { readFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
+import { WireGuardInterface } from '@postern/gateway-agent';
+import type { ConnectState } from '@postern/apiserver';
+import { bringUp, clientInfo, generateKeyPair, isAlive, readTunnelState, tearDown, tunnelStateFile, wgQuickConfig, type TunnelState } from './tunnel.js';
 import { resolve } from 'node:path';
 import { PosternError, isPosternError } from '@postern/apis';
 import { encodeYaml } from '@postern/apis';
-import { loadSession, removeSession, resolveDomain, saveSession } from './config.js';
+import { configDir, loadSession, removeSession, resolveDomain, saveSession } from './config.js';
 import { notImplemented, program, run } from './command.js';
 import type { Io } from './io.js';
 import { parseOutput, table, until } from './output.js';
@@ -160,13 +164,151 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
     });
 
   p.command('connect')
-    .description('open a tunnel to the cluster (WireGuard or QUIC)')
-    .allowUnknownOption()
-    .allowExcessArguments()
-    .action(() => notImplemented('`postern connect` (tunnels)', 'it arrives with the WireGuard overlay work'));
+    .description('open a WireGuard tunnel to the cluster: routes for the cluster ranges only, DNS for local.<domain>')
+    .option('-d, --detach', 'run in the background; `postern disconnect` ends it')
+    .option('--implementation <kind>', 'kernel or tun (wireguard-go); default: kernel if present', 'auto')
+    .option('--no-dns', 'leave DNS alone')
+    .option('--tunnel-mode <mode>', 'wireguard or quic', 'wireguard')
+    .option('--export-wireguard <file>', 'write a wg-quick configuration for a stock WireGuard client instead of creating the tunnel')
+    .option('--daemon-child', 'internal: the detached process of --detach')
+    .action(async (o: { detach?: boolean; implementation: string; dns: boolean; tunnelMode: string; exportWireguard?: string; daemonChild?: boolean }) => {
+      const domain = resolveDomain(io, domainOf());
+      if (o.tunnelMode !== 'wireguard') notImplemented(`tunnel mode ${o.tunnelMode}`, 'only wireguard is available');
+      const impl = o.implementation === 'tun' ? 'userspace' : o.implementation === 'kernel' ? 'kernel' : 'auto';
+      const progress = (t: string) => io.err(`${t}\n`);
+      const previous = readTunnelState(io, domain);
+      if (previous && previous.pid !== process.pid && isAlive(previous.pid) && !o.exportWireguard) {
+        throw new PosternError('ERR_USAGE', `already connected to ${domain} (pid ${previous.pid}); run \`postern disconnect\` first`);
+      }
+      if (previous && !isAlive(previous.pid)) {
+        progress(`cleaning up after an earlier connect that did not exit cleanly (pid ${previous.pid})`);
+        await tearDown(io, previous);
+      }
+      if (o.detach && !o.daemonChild && !o.exportWireguard) return detach(io, domain, argv, progress);
+      const conn = connect(io, domain);
+      const keys = generateKeyPair();
+      progress(`connecting to ${domain} (session ${conn.session.sessionName})`);
+      let resolveEnd!: (code: number) => void;
+      const ended = new Promise<number>((r) => (resolveEnd = r));
+      let state: TunnelState | undefined;
+      let firstSeen!: (s: ConnectState) => void;
+      let firstFailed!: (e: Error) => void;
+      const first = new Promise<ConnectState>((resolve, reject) => {
+        firstSeen = resolve;
+        firstFailed = reject;
+      });
+      let gotFirst = false;
+      const stream = conn.client.connect(
+        { wireguardPublicKey: keys.publicKey, ...clientInfo() },
+        (st) => {
+          if (!gotFirst) {
+            gotFirst = true;
+            return firstSeen(st);
+          }
+          // Later states: gateways changed. Update the peers; addresses do not change.
+          if (state) void new WireGuardInterface(state.iface).syncPeers(st.gateways.map((g) => ({ publicKey: g.publicKey, endpoint: g.endpoint, allowedIps: g.allowedIps, keepalive: st.keepaliveSeconds }))).catch(() => {});
+        },
+        (err) => {
+          if (!gotFirst) return firstFailed(err ?? new PosternError('ERR_STORE_UNAVAILABLE', 'the cluster closed the connection'));
+          progress(err ? `the cluster ended the connection: ${err.message}` : 'the cluster ended the connection (session disconnected or revoked)');
+          resolveEnd(1);
+        },
+      );
+      const st = await first;
+      if (o.exportWireguard) {
+        stream.cancel();
+        writeFileSync(resolve(io.cwd, o.exportWireguard), wgQuickConfig(st, keys.privateKey, { dns: o.dns }), { mode: 0o600 });
+        io.out(`Wrote ${o.exportWireguard} for session ${st.session} (${st.addresses.join(', ')}). Bring it up with: wg-quick up ${o.exportWireguard}\n`);
+        conn.close();
+        return;
+      }
+      try {
+        state = await bringUp(io, domain, st, keys.privateKey, { implementation: impl, dns: o.dns, log: progress });
+      } catch (err) {
+        stream.cancel();
+        const left = readTunnelState(io, domain);
+        if (left) await tearDown(io, left).catch(() => {});
+        await conn.client.disconnect().catch(() => {});
+        conn.close();
+        throw err;
+      }
+      io.out(`Connected to ${domain}: ${st.addresses.join(', ')} via ${state.gateway} (interface ${state.iface}).\n`);
+      try {
+        const services = await conn.call((c) => c.listServices());
+        if (services.length) io.out(`You can reach:\n${services.map((x) => `  http://${x.privateHostname}${x.port && x.port !== 80 ? `:${x.port}` : ''}/`).join('\n')}\n`);
+      } catch {
+        // The list is a courtesy; the tunnel is up either way.
+      }
+      const onSignal = () => resolveEnd(0);
+      process.once('SIGINT', onSignal);
+      process.once('SIGTERM', onSignal);
+      const code = await ended;
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      stream.cancel();
+      if (code === 0) await conn.client.disconnect().catch(() => {});
+      await tearDown(io, state);
+      conn.close();
+      progress(`disconnected from ${domain}`);
+      if (code !== 0) throw new PosternError('ERR_TOKEN_INVALID', 'the tunnel was closed by the cluster');
+    });
+
   p.command('disconnect')
-    .description('close the tunnel')
-    .action(() => notImplemented('`postern disconnect` (tunnels)', 'it arrives with the WireGuard overlay work'));
+    .description('close the tunnel and restore DNS (also cleans up after a crashed connect)')
+    .action(async () => {
+      const domain = resolveDomain(io, domainOf());
+      const state = readTunnelState(io, domain);
+      if (!state) {
+        io.err(`not connected to ${domain}\n`);
+        return;
+      }
+      if (state.pid !== process.pid && isAlive(state.pid)) {
+        process.kill(state.pid, 'SIGTERM');
+        for (let i = 0; i < 100 && existsSync(tunnelStateFile(io, domain)); i++) await new Promise((r) => setTimeout(r, 50));
+        if (!existsSync(tunnelStateFile(io, domain))) {
+          io.out(`Disconnected from ${domain}.\n`);
+          return;
+        }
+        process.kill(state.pid, 'SIGKILL');
+      }
+      // The connect process is gone (killed, crashed): undo what it left and tell the cluster.
+      await tearDown(io, state);
+      try {
+        const conn = connect(io, domain);
+        await conn.call((c) => c.disconnect());
+        conn.close();
+      } catch {
+        // The tunnel is down here either way; the cluster drops the peer when the session ends.
+      }
+      io.out(`Disconnected from ${domain}.\n`);
+    });
 
   return run(p, argv, io);
+}
+
+/**
+ * `connect -d`: starts this same command again as a detached process and waits until its
+ * tunnel is up (or it failed), then returns; the process keeps the tunnel until `disconnect`.
+ */
+async function detach(io: Io, domain: string, argv: readonly string[], progress: (s: string) => void): Promise<void> {
+  const logFile = `${configDir(io)}/tunnels/${domain}.log`;
+  mkdirSync(`${configDir(io)}/tunnels`, { recursive: true, mode: 0o700 });
+  const out = openSync(logFile, 'a', 0o600);
+  const args = [process.argv[1]!, ...argv.filter((a) => a !== '-d' && a !== '--detach'), '--daemon-child', '--domain', domain];
+  const child = spawn(process.execPath, args, { detached: true, stdio: ['ignore', out, out], env: { ...process.env, ...io.env } });
+  child.unref();
+  let exited = false;
+  child.once('exit', () => (exited = true));
+  for (let i = 0; i < 300; i++) {
+    const st = readTunnelState(io, domain);
+    if (st?.up && st.pid === child.pid) {
+      io.out(`Connected to ${domain} in the background (pid ${child.pid}): ${st.addresses.join(', ')} via ${st.gateway}. Log: ${logFile}\n`);
+      return;
+    }
+    if (exited) break;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  const log = existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n').filter(Boolean).slice(-5).join('\n') : '';
+  progress(log);
+  throw new PosternError('ERR_USAGE', `the background connect did not come up (see ${logFile})`);
 }

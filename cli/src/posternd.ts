@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import { resolve } from 'node:path';
 import { PosternError } from '@postern/apis';
 import { initCluster, startCluster } from '@postern/cluster';
@@ -5,11 +6,12 @@ import { openStore } from '@postern/store';
 import { program, run } from './command.js';
 import type { Io } from './io.js';
 
-function nextSteps(domain: string, address: string, token: string | undefined, fingerprint: string | undefined, publicAddress: string | undefined): string {
+function nextSteps(domain: string, address: string, token: string | undefined, fingerprint: string | undefined, publicAddress: string | undefined, gateway?: string): string {
   const lines = [
     `Postern is running for domain ${domain}`,
     `  API        ${address}${fingerprint ? ` (TLS; cluster CA ${fingerprint})` : ' (plaintext)'}`,
     ...(publicAddress ? [`  Public     <service>.${domain} served on ${publicAddress}`] : []),
+    ...(gateway ? [`  Gateway    ${gateway}`] : []),
     '',
   ];
   if (token) {
@@ -66,8 +68,14 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       .option('--domain <domain>', 'the cluster domain (required the first time)')
       .option('--listen <host:port>', 'API address', '127.0.0.1:8443')
       .option('--public-listen <host:port>', 'HTTPS address for public Services, or "off"', '127.0.0.1:8444')
-      .option('--public-plaintext', 'serve public Services in plain HTTP (TLS terminated by a load balancer in front)'),
-  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string; publicPlaintext?: boolean }) => {
+      .option('--public-plaintext', 'serve public Services in plain HTTP (TLS terminated by a load balancer in front)')
+      .option('--gateway-endpoint <host>', 'also be a gateway: the address clients dial for WireGuard (needs root)')
+      .option('--gateway-name <name>', 'this gateway\'s name (default: the host name)')
+      .option('--wg-interface <name>', 'WireGuard interface name (unique on the host)', 'pstgw0')
+      .option('--wg-port <port>', 'WireGuard UDP port', '53820')
+      .option('--implementation <kind>', 'kernel, userspace (wireguard-go) or auto', 'auto')
+      .option('--dns-forwarder <ip[:port]...>', 'resolvers for names outside local.<domain>'),
+  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string; publicPlaintext?: boolean; gatewayEndpoint?: string; gatewayName?: string; wgInterface: string; wgPort: string; implementation: string; dnsForwarder?: string[] }) => {
     const cluster = await startCluster({
       ...(o.domain ? { domain: o.domain } : {}),
       dataDir: resolve(io.cwd, o.data ?? '.postern'),
@@ -75,9 +83,21 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       listen: o.listen,
       publicListen: o.publicListen,
       ...(o.publicPlaintext ? { publicPlaintext: true } : {}),
+      ...(o.gatewayEndpoint
+        ? {
+            gateway: {
+              name: o.gatewayName ?? hostname(),
+              endpoint: o.gatewayEndpoint,
+              interfaceName: o.wgInterface,
+              listenPort: Number(o.wgPort),
+              implementation: o.implementation as 'auto' | 'kernel' | 'userspace',
+              ...(o.dnsForwarder ? { dnsForwarders: o.dnsForwarder } : {}),
+            },
+          }
+        : {}),
       autoInit: true,
     });
-    io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint, cluster.publicAddress));
+    io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint, cluster.publicAddress, o.gatewayEndpoint ? `WireGuard on ${o.gatewayEndpoint}:${o.wgPort} (${o.wgInterface}), private DNS on 100.64.0.53` : undefined));
     await until(cluster.close);
   });
 

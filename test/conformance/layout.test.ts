@@ -12,9 +12,12 @@ const allowed: Record<string, string[]> = {
   'packages/policy': ['apis'],
   'packages/authserver': ['apis', 'store'],
   'packages/proxy': ['apis', 'store', 'policy', 'authserver'],
+  'packages/dns': ['apis', 'store'],
+  'packages/controller': ['apis', 'store'],
+  'gateway-agent': ['apis', 'store'],
   'packages/apiserver': ['apis', 'store', 'policy', 'authserver', 'proxy'],
-  'packages/cluster': ['apis', 'store', 'policy', 'authserver', 'apiserver', 'proxy'],
-  cli: ['apis', 'store', 'policy', 'authserver', 'apiserver', 'cluster'],
+  'packages/cluster': ['apis', 'store', 'policy', 'authserver', 'apiserver', 'proxy', 'dns', 'controller', 'gateway-agent'],
+  cli: ['apis', 'store', 'policy', 'authserver', 'apiserver', 'cluster', 'gateway-agent'],
 };
 
 const sources = (dir: string): string[] =>

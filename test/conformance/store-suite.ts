@@ -206,6 +206,22 @@ export function storeConformance(name: string, make: () => Promise<StoreUnderTes
       assert.equal((await c.finished)[0]?.resource.metadata.name, 'c-3');
     });
 
+    it('allocates addresses race-free: distinct under concurrency, stable per owner, reserved skipped', async () => {
+      const range = { first: 1, last: 300, reserved: [53] };
+      const owners = Array.from({ length: 120 }, (_, i) => `owner-${i}`);
+      const offsets = await Promise.all(owners.map((o) => store.allocateAddress('test-pool', o, range)));
+      assert.equal(new Set(offsets).size, owners.length, 'every owner got its own address');
+      assert.ok(!offsets.includes(53));
+      assert.ok(offsets.every((o) => o >= 1 && o <= 300));
+      assert.equal(await store.allocateAddress('test-pool', 'owner-7', range), offsets[7], 'the same owner keeps its address');
+      await store.releaseAddresses('owner-7');
+      assert.equal(await store.allocateAddress('test-pool', 'newcomer', range), offsets[7], 'a freed address is reused, lowest first');
+      const tiny = { first: 1, last: 2, reserved: [] };
+      await store.allocateAddress('tiny', 'a', tiny);
+      await store.allocateAddress('tiny', 'b', tiny);
+      await expectCode(store.allocateAddress('tiny', 'c', tiny), 'ERR_IN_USE');
+    });
+
     it('keeps internal data apart from resources', async () => {
       assert.equal(await store.getInternal('k'), undefined);
       assert.deepEqual(await store.putInternal('k', { a: 1 }, { onlyIfAbsent: true }), { a: 1 });

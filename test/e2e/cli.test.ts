@@ -52,7 +52,7 @@ describe('CLI behaviour', () => {
   });
 
   it('fails loudly for what is not built yet', async () => {
-    const c = await tc.cli('postern', ['connect']);
+    const c = await tc.cli('postern', ['connect', '--tunnel-mode', 'quic']);
     assert.equal(c.code, 1);
     assert.match(c.err, /not implemented yet.*\[ERR_NOT_IMPLEMENTED\]/);
     const e = await tc.cli('posternctl', ['explain', '--service', 'x']);

@@ -10,3 +10,4 @@ export * from './names.js';
 export * from './validate.js';
 export * from './codec.js';
 export * from './references.js';
+export * from './addresses.js';

@@ -2,7 +2,7 @@ import { credentials, Metadata, type ChannelCredentials, type ClientReadableStre
 import type { AnyResource } from '@postern/apis';
 import { AuthServiceClient, type SessionTokens } from './gen/postern/auth/v1/auth.js';
 import { CoreServiceClient, type ApplyResult, type CreateCredentialRequest, type ExplainResponse, type WatchEvent } from './gen/postern/core/v1/core.js';
-import { UserServiceClient, type GetStatusResponse, type ServiceInfo } from './gen/postern/user/v1/user.js';
+import { UserServiceClient, type ConnectState, type GetStatusResponse, type ServiceInfo } from './gen/postern/user/v1/user.js';
 import { fromServiceError } from './grpc-errors.js';
 
 export interface ApiClientOptions {
@@ -89,6 +89,17 @@ export class ApiClient {
     return { cancel: () => stream.cancel() };
   }
 
+  /** Opens the tunnel control stream: `onState` gets the first state and every later change. */
+  connect(req: { wireguardPublicKey: string; hostname?: string; osType?: string }, onState: (s: ConnectState) => void, onEnd: (err?: Error) => void): { cancel(): void } {
+    const stream: ClientReadableStream<ConnectState> = this.user.connect({ hostname: '', osType: '', ...req }, this.md());
+    stream.on('data', onState);
+    stream.on('error', (err: { code?: number }) => onEnd(err.code === 1 ? undefined : fromServiceError(err)));
+    stream.on('end', () => onEnd());
+    return { cancel: () => stream.cancel() };
+  }
+  disconnect(): Promise<void> {
+    return this.call<object, object>(this.user, 'disconnect', {}).then(() => undefined);
+  }
   status(): Promise<GetStatusResponse> {
     return this.call(this.user, 'getStatus', {});
   }
@@ -113,4 +124,4 @@ export class ApiClient {
   }
 }
 
-export type { ApplyResult, ExplainResponse, ServiceInfo, SessionTokens, WatchEvent, GetStatusResponse };
+export type { ApplyResult, ConnectState, ExplainResponse, ServiceInfo, SessionTokens, WatchEvent, GetStatusResponse };

@@ -6,7 +6,8 @@
  * or posternd.
  */
 export { ApiServer, apiCacheKinds, coreServiceName, userServiceName, type ApiServerOptions } from './server.js';
-export { ApiClient, type ApiClientOptions, type ApplyResult, type ExplainResponse, type ServiceInfo, type SessionTokens, type WatchEvent, type GetStatusResponse } from './client.js';
+export { ApiClient, type ApiClientOptions, type ApplyResult, type ConnectState, type ExplainResponse, type ServiceInfo, type SessionTokens, type WatchEvent, type GetStatusResponse } from './client.js';
 export { ResourceService, sanitize, systemAnnotation, type ApplyAction } from './resources.js';
 export { ApiAuthorizer, type GrpcRequestInfo } from './authz.js';
 export { fromServiceError, toServiceError, grpcStatusFor } from './grpc-errors.js';
+export { Tunnels, tunnelMtu, keepaliveSeconds } from './tunnels.js';

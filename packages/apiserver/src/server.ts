@@ -12,6 +12,7 @@ import { UserServiceService, type UserServiceServer } from './gen/postern/user/v
 import { ApiAuthorizer, describeDecision, groupsOf, requestContext, type GrpcRequestInfo } from './authz.js';
 import { toServiceError } from './grpc-errors.js';
 import { requireKind, ResourceService, sanitize } from './resources.js';
+import { Tunnels } from './tunnels.js';
 
 export const coreServiceName = 'postern.core.v1.CoreService';
 export const userServiceName = 'postern.user.v1.UserService';
@@ -31,6 +32,8 @@ export interface ApiServerOptions {
   tls?: { key: string; cert: string };
   /** The proxy's core, for `Explain`; without it Explain answers ERR_NOT_IMPLEMENTED. */
   proxy?: ProxyCore;
+  /** The cluster's IPv6 /64 prefix (four groups), for tunnel addresses. */
+  ipv6Prefix: string;
 }
 
 type Unary<Req, Res> = (call: ServerUnaryCall<Req, Res>, callback: sendUnaryData<Res>) => void;
@@ -52,12 +55,14 @@ export class ApiServer {
   private readonly now: () => Date;
   private readonly log: Logger;
   private readonly streams = new Set<{ close(): void }>();
+  private readonly tunnels: Tunnels;
 
   constructor(private readonly opts: ApiServerOptions) {
     this.now = opts.now ?? (() => new Date());
     this.log = opts.logger;
     this.resources = new ResourceService(opts.store, opts.cache);
     this.authorizer = new ApiAuthorizer(opts.cache, this.now);
+    this.tunnels = new Tunnels(opts.store, opts.cache, opts.domain, opts.ipv6Prefix, this.now);
     this.server.addService(CoreServiceService, this.core() as unknown as CoreServiceServer);
     this.server.addService(UserServiceService, this.user() as unknown as UserServiceServer);
     this.server.addService(AuthServiceService, this.authApi() as unknown as AuthServiceServer);
@@ -260,6 +265,52 @@ export class ApiServer {
         domain: this.opts.domain,
       })),
       listServices: this.unary(s, 'ListServices', (req: { namespace: string }, id) => ({ items: this.servicesFor(id!, req.namespace || undefined) })),
+      disconnect: this.unary(s, 'Disconnect', async (_req: unknown, id) => {
+        await this.tunnels.disconnect(id!);
+        return {};
+      }),
+      connect: (call: ServerWritableStream<{ wireguardPublicKey: string; hostname: string; osType: string }, unknown>) => {
+        const rid = randomUUID();
+        void (async () => {
+          try {
+            const identity = this.identify(call.metadata);
+            const first = await this.tunnels.connect(identity, call.request);
+            call.write(first);
+            this.log.info({ rid, user: identity.user.metadata.name, session: first.session, addresses: first.addresses }, 'tunnel connected');
+            // Push a new state when gateways change; end the stream when the session goes away.
+            const sessionName = first.session;
+            let last = JSON.stringify(first);
+            const unsubscribe = this.opts.cache.onChange((ev) => {
+              if (ev.type !== 'RESYNC' && ev.resource.kind !== 'Gateway' && !(ev.resource.kind === 'Session' && ev.resource.metadata.name === sessionName)) return;
+              const session = this.opts.cache.get('Session', sessionName);
+              const conn = (session?.status as { isConnected?: boolean; connection?: { addresses?: string[] } } | undefined);
+              if (!session || !conn?.isConnected) {
+                stop();
+                call.end();
+                return;
+              }
+              const next = this.tunnels.state(session, conn.connection?.addresses ?? first.addresses);
+              const text = JSON.stringify(next);
+              if (text !== last) {
+                last = text;
+                call.write(next);
+              }
+            });
+            const handle = { close: () => stop() };
+            const stop = () => {
+              unsubscribe();
+              this.streams.delete(handle);
+            };
+            this.streams.add(handle);
+            call.on('cancelled', stop);
+            call.on('close', stop);
+            call.on('error', stop);
+          } catch (err) {
+            this.log.info({ rid, code: (err as PosternError).code }, (err as Error).message);
+            call.destroy(toServiceError(err, rid) as Error);
+          }
+        })();
+      },
     };
   }
 

@@ -7,7 +7,9 @@ import { Proxy, UpstreamPools } from '@postern/proxy';
 import { ResourceCache, openStore, type SqlStore } from '@postern/store';
 import { createSecureContext } from 'node:tls';
 import { pino, type Logger } from 'pino';
-import { clusterInfo, initCluster } from './init.js';
+import { ensureClusterInfo, initCluster } from './init.js';
+import { GatewayHost, type GatewayOptions } from './gateway.js';
+import { Controller } from '@postern/controller';
 import { LeafIssuer, clusterTls } from './tls.js';
 
 export interface ClusterOptions {
@@ -33,6 +35,8 @@ export interface ClusterOptions {
   proxy?: boolean;
   /** How long the proxy waits for an upstream's response headers before answering 504; default 60 s. */
   upstreamTimeoutMs?: number;
+  /** Run this host as a gateway too (WireGuard agent, private DNS, Service listeners). Needs root. */
+  gateway?: GatewayOptions;
   logger?: Logger;
   now?: () => Date;
 }
@@ -50,6 +54,9 @@ export interface RunningCluster {
   store: SqlStore;
   /** The identity-aware proxy, when running. */
   proxy?: Proxy;
+  /** The gateway parts, when this host is a gateway. */
+  gateway?: GatewayHost;
+  ipv6Prefix: string;
   logger: Logger;
   close(): Promise<void>;
 }
@@ -117,13 +124,13 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     for (const c of cleanups.reverse()) await c();
   };
   try {
-    let info = await clusterInfo(store);
+    let info = await ensureClusterInfo(store);
     let rootToken: string | undefined;
     if (!info || (opts.domain && info.domain !== opts.domain)) {
       if (!opts.autoInit && !info) throw new PosternError('ERR_USAGE', 'the cluster is not initialized: run `posternd init --domain <domain>` first');
       if (!opts.domain) throw new PosternError('ERR_USAGE', 'the first start needs --domain (the cluster\'s DNS domain, e.g. example.com)');
       const res = await initCluster(store, { domain: opts.domain, now });
-      info = res.info;
+      info = (await ensureClusterInfo(store))!;
       rootToken = res.rootToken;
     }
     let keys = await ensureSigningKeys(store, now());
@@ -153,7 +160,11 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     if (opts.proxy !== false) {
       proxy = new Proxy({ cache, auth, domain: info.domain, logger: logger.child({ component: 'proxy' }), now, ...(opts.upstreamTimeoutMs ? { pools: new UpstreamPools({ headersTimeoutMs: opts.upstreamTimeoutMs }) } : {}) });
     }
-    const api = new ApiServer({ store, cache, auth, domain: info.domain, logger, now, ...(tls ? { tls: { key: tls.key, cert: tls.cert } } : {}), ...(proxy ? { proxy: proxy.core } : {}) });
+    const ipv6Prefix = info.ipv6Prefix!;
+    const controller = new Controller({ store, cache, ipv6Prefix, now, log: (level, msg, fields) => logger[level](fields ?? {}, msg) });
+    await controller.start();
+    cleanups.push(() => controller.close());
+    const api = new ApiServer({ store, cache, auth, domain: info.domain, logger, now, ipv6Prefix, ...(tls ? { tls: { key: tls.key, cert: tls.cert } } : {}), ...(proxy ? { proxy: proxy.core } : {}) });
     if (proxy) cleanups.push(() => proxy!.close());
     const port = await api.listen(listen);
     cleanups.push(() => api.close());
@@ -175,7 +186,15 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
         publicAddress = `${ph.includes(':') ? `[${ph}]` : ph}:${bound}`;
       }
     }
-    logger.info({ domain: info.domain, address: `${host}:${port}`, public: publicAddress, database: store.driver.description, tls: !!tls }, 'posternd is up');
+    let gateway: GatewayHost | undefined;
+    if (opts.gateway) {
+      if (!proxy) throw new PosternError('ERR_USAGE', 'a gateway needs the proxy');
+      gateway = new GatewayHost({ store, cache, proxy, domain: info.domain, ipv6Prefix, dataDir: dataDir ?? resolve('.postern'), logger: logger.child({ component: 'gateway' }) }, opts.gateway);
+      await gateway.start();
+      // The interface stays when posternd stops: a restart reconciles it without dropping tunnels.
+      cleanups.push(() => gateway!.close());
+    }
+    logger.info({ domain: info.domain, address: `${host}:${port}`, public: publicAddress, gateway: opts.gateway?.name, database: store.driver.description, tls: !!tls }, 'posternd is up');
     return {
       domain: info.domain,
       port,
@@ -184,6 +203,8 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
       ...(rootToken ? { rootToken } : {}),
       ...(publicAddress ? { publicAddress } : {}),
       ...(proxy ? { proxy } : {}),
+      ...(gateway ? { gateway } : {}),
+      ipv6Prefix,
       store,
       logger,
       close: closeAll,

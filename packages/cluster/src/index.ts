@@ -4,5 +4,6 @@
  * component in one process. Imported by the CLI binaries only.
  */
 export { startCluster, type ClusterOptions, type RunningCluster } from './cluster.js';
-export { initCluster, bootstrapResources, clusterInfo, type ClusterInfo } from './init.js';
+export { initCluster, bootstrapResources, clusterInfo, ensureClusterInfo, type ClusterInfo } from './init.js';
+export { GatewayHost, listenerPort, type GatewayOptions } from './gateway.js';
 export { clusterTls, fingerprint, type ClusterTls } from './tls.js';

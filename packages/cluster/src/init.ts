@@ -1,4 +1,5 @@
-import { PosternError, type AnyResource } from '@postern/apis';
+import { randomBytes } from 'node:crypto';
+import { PosternError, randomUlaPrefix, type AnyResource } from '@postern/apis';
 import { coreServiceName, systemAnnotation } from '@postern/apiserver';
 import { AuthServer, authKinds, ensureSigningKeys } from '@postern/authserver';
 import { ResourceCache, type ResourceStore } from '@postern/store';
@@ -9,6 +10,17 @@ const managed = { [systemAnnotation]: 'posternd-init' };
 export interface ClusterInfo {
   domain: string;
   initializedAt: string;
+  /** The cluster's IPv6 ULA /64 (four groups), made at init. */
+  ipv6Prefix?: string;
+}
+
+/** The cluster's info, adding the IPv6 prefix if this cluster predates it. */
+export async function ensureClusterInfo(store: ResourceStore): Promise<ClusterInfo | undefined> {
+  const info = await clusterInfo(store);
+  if (!info || info.ipv6Prefix) return info;
+  const next = { ...info, ipv6Prefix: randomUlaPrefix((n) => randomBytes(n)) };
+  await store.putInternal(infoKey, next);
+  return next;
 }
 
 export async function clusterInfo(store: ResourceStore): Promise<ClusterInfo | undefined> {
@@ -50,7 +62,7 @@ export async function initCluster(store: ResourceStore, opts: { domain: string; 
     const names = new Set(have.items.map((r) => `${r.kind}/${r.metadata.name}`));
     const missing = bootstrapResources().filter((r) => !names.has(`${r.kind}/${r.metadata.name}`));
     await store.batch(missing.map((resource) => ({ op: 'create' as const, resource })));
-    await store.putInternal<ClusterInfo>(infoKey, { domain: opts.domain, initializedAt: opts.now().toISOString() }, { onlyIfAbsent: true });
+    await store.putInternal<ClusterInfo>(infoKey, { domain: opts.domain, initializedAt: opts.now().toISOString(), ipv6Prefix: randomUlaPrefix((n) => randomBytes(n)) }, { onlyIfAbsent: true });
     created = true;
   }
   const info = (await clusterInfo(store))!;

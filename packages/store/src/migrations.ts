@@ -29,4 +29,18 @@ export const migrations: readonly { id: number; name: string; sql: string }[] = 
       CREATE TABLE postern_internal (key text PRIMARY KEY, value jsonb NOT NULL, updated_at timestamptz NOT NULL DEFAULT now());
     `,
   },
+  {
+    id: 2,
+    name: 'address allocations',
+    sql: `
+      CREATE TABLE postern_addresses (
+        pool text NOT NULL,
+        address_offset int NOT NULL,
+        owner text NOT NULL,
+        allocated_at timestamptz NOT NULL DEFAULT now(),
+        PRIMARY KEY (pool, address_offset),
+        UNIQUE (pool, owner)
+      );
+    `,
+  },
 ];

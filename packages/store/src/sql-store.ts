@@ -339,6 +339,33 @@ export class SqlStore implements ResourceStore {
     };
   }
 
+  async allocateAddress(pool: string, owner: string, range: { first: number; last: number; reserved: readonly number[] }): Promise<number> {
+    return this.run(async () => {
+      for (let attempt = 0; attempt < 20; attempt++) {
+        const [have] = await this.driver.query<{ o: number }>('SELECT address_offset AS o FROM postern_addresses WHERE pool = $1 AND owner = $2', [pool, owner]);
+        if (have) return Number(have.o);
+        // Two allocators may pick the same free offset: the primary key lets one win, the other
+        // finds nothing inserted and tries again.
+        const [row] = await this.driver.query<{ o: number }>(
+          `INSERT INTO postern_addresses (pool, address_offset, owner)
+             SELECT $1, g, $2 FROM generate_series($3::int, $4::int) g
+              WHERE g <> ALL($5::int[]) AND NOT EXISTS (SELECT 1 FROM postern_addresses a WHERE a.pool = $1 AND a.address_offset = g)
+              ORDER BY g LIMIT 1
+           ON CONFLICT DO NOTHING RETURNING address_offset AS o`,
+          [pool, owner, range.first, range.last, [...range.reserved]],
+        );
+        if (row) return Number(row.o);
+        const [free] = await this.driver.query<{ n: number }>('SELECT count(*)::int AS n FROM postern_addresses WHERE pool = $1', [pool]);
+        if (Number(free?.n) >= range.last - range.first + 1 - range.reserved.length) throw new PosternError('ERR_IN_USE', `the ${pool} address pool is full`);
+      }
+      throw new PosternError('ERR_CONFLICT', `could not allocate a ${pool} address after 20 attempts; retry`);
+    });
+  }
+
+  async releaseAddresses(owner: string): Promise<void> {
+    await this.run(() => this.driver.query('DELETE FROM postern_addresses WHERE owner = $1', [owner]));
+  }
+
   async getInternal<T>(key: string): Promise<T | undefined> {
     return this.run(async () => {
       const [row] = await this.driver.query<{ value: T }>('SELECT value FROM postern_internal WHERE key = $1', [key]);

@@ -69,6 +69,14 @@ export interface ResourceStore {
   currentVersion(): Promise<string>;
   /** Drops change-log entries at or below `version`; watches from older versions then fail with ERR_WATCH_EXPIRED. */
   compact(version: string): Promise<void>;
+  /**
+   * The address offset `owner` holds in `pool`, allocating the lowest free one if it holds none.
+   * Race-free across processes and replicas: the database's primary key decides. Offsets in
+   * `reserved` are never handed out; ERR_IN_USE when the pool is full.
+   */
+  allocateAddress(pool: string, owner: string, range: { first: number; last: number; reserved: readonly number[] }): Promise<number>;
+  /** Frees every address `owner` holds (all pools). */
+  releaseAddresses(owner: string): Promise<void>;
   /** Internal key/value data that is not a resource (signing keys, cluster identity). Never served by the API. */
   getInternal<T>(key: string): Promise<T | undefined>;
   /** Writes internal data; with `onlyIfAbsent`, returns the value already there instead. */

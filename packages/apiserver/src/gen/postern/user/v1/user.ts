@@ -13,7 +13,9 @@ import {
   type ChannelCredentials,
   Client,
   type ClientOptions,
+  type ClientReadableStream,
   type ClientUnaryCall,
+  type handleServerStreamingCall,
   type handleUnaryCall,
   makeGenericClientConstructor,
   type Metadata,
@@ -25,6 +27,38 @@ import { Struct } from "../../../google/protobuf/struct.js";
 export const protobufPackage = "postern.user.v1";
 
 export const protobufFileName = "postern/user/v1/user.proto";
+
+export interface ConnectRequest {
+  wireguardPublicKey: string;
+  hostname: string;
+  osType: string;
+}
+
+export interface GatewayInfo {
+  name: string;
+  publicKey: string;
+  /** host:port to dial. */
+  endpoint: string;
+  /** What to route to this gateway: the cluster ranges. */
+  allowedIps: string[];
+}
+
+export interface ConnectState {
+  /** This session's tunnel addresses, with prefix length (100.65.0.2/32, fd..::6441:2/128). */
+  addresses: string[];
+  gateways: GatewayInfo[];
+  dnsServers: string[];
+  mtu: number;
+  domain: string;
+  keepaliveSeconds: number;
+  session: string;
+}
+
+export interface DisconnectRequest {
+}
+
+export interface DisconnectResponse {
+}
 
 export interface GetStatusRequest {
 }
@@ -54,6 +88,467 @@ export interface ServiceInfo {
 export interface ListServicesResponse {
   items: ServiceInfo[];
 }
+
+function createBaseConnectRequest(): ConnectRequest {
+  return { wireguardPublicKey: "", hostname: "", osType: "" };
+}
+
+export const ConnectRequest: MessageFns<ConnectRequest> = {
+  encode(message: ConnectRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.wireguardPublicKey !== "") {
+      writer.uint32(10).string(message.wireguardPublicKey);
+    }
+    if (message.hostname !== "") {
+      writer.uint32(18).string(message.hostname);
+    }
+    if (message.osType !== "") {
+      writer.uint32(26).string(message.osType);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConnectRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnectRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.wireguardPublicKey = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.hostname = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.osType = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConnectRequest {
+    return {
+      wireguardPublicKey: isSet(object.wireguardPublicKey)
+        ? globalThis.String(object.wireguardPublicKey)
+        : isSet(object.wireguard_public_key)
+        ? globalThis.String(object.wireguard_public_key)
+        : "",
+      hostname: isSet(object.hostname) ? globalThis.String(object.hostname) : "",
+      osType: isSet(object.osType)
+        ? globalThis.String(object.osType)
+        : isSet(object.os_type)
+        ? globalThis.String(object.os_type)
+        : "",
+    };
+  },
+
+  toJSON(message: ConnectRequest): unknown {
+    const obj: any = {};
+    if (message.wireguardPublicKey !== "") {
+      obj.wireguardPublicKey = message.wireguardPublicKey;
+    }
+    if (message.hostname !== "") {
+      obj.hostname = message.hostname;
+    }
+    if (message.osType !== "") {
+      obj.osType = message.osType;
+    }
+    return obj;
+  },
+};
+
+function createBaseGatewayInfo(): GatewayInfo {
+  return { name: "", publicKey: "", endpoint: "", allowedIps: [] };
+}
+
+export const GatewayInfo: MessageFns<GatewayInfo> = {
+  encode(message: GatewayInfo, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    if (message.name !== "") {
+      writer.uint32(10).string(message.name);
+    }
+    if (message.publicKey !== "") {
+      writer.uint32(18).string(message.publicKey);
+    }
+    if (message.endpoint !== "") {
+      writer.uint32(26).string(message.endpoint);
+    }
+    for (const v of message.allowedIps) {
+      writer.uint32(34).string(v!);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): GatewayInfo {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseGatewayInfo();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.name = reader.string();
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.publicKey = reader.string();
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.endpoint = reader.string();
+            continue;
+          }
+          case 4: {
+            if (tag !== 34) {
+              break;
+            }
+
+            message.allowedIps.push(reader.string());
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): GatewayInfo {
+    return {
+      name: isSet(object.name) ? globalThis.String(object.name) : "",
+      publicKey: isSet(object.publicKey)
+        ? globalThis.String(object.publicKey)
+        : isSet(object.public_key)
+        ? globalThis.String(object.public_key)
+        : "",
+      endpoint: isSet(object.endpoint) ? globalThis.String(object.endpoint) : "",
+      allowedIps: globalThis.Array.isArray(object?.allowedIps)
+        ? object.allowedIps.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.allowed_ips)
+        ? object.allowed_ips.map((e: any) => globalThis.String(e))
+        : [],
+    };
+  },
+
+  toJSON(message: GatewayInfo): unknown {
+    const obj: any = {};
+    if (message.name !== "") {
+      obj.name = message.name;
+    }
+    if (message.publicKey !== "") {
+      obj.publicKey = message.publicKey;
+    }
+    if (message.endpoint !== "") {
+      obj.endpoint = message.endpoint;
+    }
+    if (message.allowedIps?.length) {
+      obj.allowedIps = message.allowedIps;
+    }
+    return obj;
+  },
+};
+
+function createBaseConnectState(): ConnectState {
+  return { addresses: [], gateways: [], dnsServers: [], mtu: 0, domain: "", keepaliveSeconds: 0, session: "" };
+}
+
+export const ConnectState: MessageFns<ConnectState> = {
+  encode(message: ConnectState, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    for (const v of message.addresses) {
+      writer.uint32(10).string(v!);
+    }
+    for (const v of message.gateways) {
+      GatewayInfo.encode(v!, writer.uint32(18).fork()).join();
+    }
+    for (const v of message.dnsServers) {
+      writer.uint32(26).string(v!);
+    }
+    if (message.mtu !== 0) {
+      writer.uint32(32).int32(message.mtu);
+    }
+    if (message.domain !== "") {
+      writer.uint32(42).string(message.domain);
+    }
+    if (message.keepaliveSeconds !== 0) {
+      writer.uint32(48).int32(message.keepaliveSeconds);
+    }
+    if (message.session !== "") {
+      writer.uint32(58).string(message.session);
+    }
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): ConnectState {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseConnectState();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+          case 1: {
+            if (tag !== 10) {
+              break;
+            }
+
+            message.addresses.push(reader.string());
+            continue;
+          }
+          case 2: {
+            if (tag !== 18) {
+              break;
+            }
+
+            message.gateways.push(GatewayInfo.decode(reader, reader.uint32()));
+            continue;
+          }
+          case 3: {
+            if (tag !== 26) {
+              break;
+            }
+
+            message.dnsServers.push(reader.string());
+            continue;
+          }
+          case 4: {
+            if (tag !== 32) {
+              break;
+            }
+
+            message.mtu = reader.int32();
+            continue;
+          }
+          case 5: {
+            if (tag !== 42) {
+              break;
+            }
+
+            message.domain = reader.string();
+            continue;
+          }
+          case 6: {
+            if (tag !== 48) {
+              break;
+            }
+
+            message.keepaliveSeconds = reader.int32();
+            continue;
+          }
+          case 7: {
+            if (tag !== 58) {
+              break;
+            }
+
+            message.session = reader.string();
+            continue;
+          }
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(object: any): ConnectState {
+    return {
+      addresses: globalThis.Array.isArray(object?.addresses)
+        ? object.addresses.map((e: any) => globalThis.String(e))
+        : [],
+      gateways: globalThis.Array.isArray(object?.gateways)
+        ? object.gateways.map((e: any) => GatewayInfo.fromJSON(e))
+        : [],
+      dnsServers: globalThis.Array.isArray(object?.dnsServers)
+        ? object.dnsServers.map((e: any) => globalThis.String(e))
+        : globalThis.Array.isArray(object?.dns_servers)
+        ? object.dns_servers.map((e: any) => globalThis.String(e))
+        : [],
+      mtu: isSet(object.mtu) ? globalThis.Number(object.mtu) : 0,
+      domain: isSet(object.domain) ? globalThis.String(object.domain) : "",
+      keepaliveSeconds: isSet(object.keepaliveSeconds)
+        ? globalThis.Number(object.keepaliveSeconds)
+        : isSet(object.keepalive_seconds)
+        ? globalThis.Number(object.keepalive_seconds)
+        : 0,
+      session: isSet(object.session) ? globalThis.String(object.session) : "",
+    };
+  },
+
+  toJSON(message: ConnectState): unknown {
+    const obj: any = {};
+    if (message.addresses?.length) {
+      obj.addresses = message.addresses;
+    }
+    if (message.gateways?.length) {
+      obj.gateways = message.gateways.map((e) => GatewayInfo.toJSON(e));
+    }
+    if (message.dnsServers?.length) {
+      obj.dnsServers = message.dnsServers;
+    }
+    if (message.mtu !== 0) {
+      obj.mtu = Math.round(message.mtu);
+    }
+    if (message.domain !== "") {
+      obj.domain = message.domain;
+    }
+    if (message.keepaliveSeconds !== 0) {
+      obj.keepaliveSeconds = Math.round(message.keepaliveSeconds);
+    }
+    if (message.session !== "") {
+      obj.session = message.session;
+    }
+    return obj;
+  },
+};
+
+function createBaseDisconnectRequest(): DisconnectRequest {
+  return {};
+}
+
+export const DisconnectRequest: MessageFns<DisconnectRequest> = {
+  encode(_: DisconnectRequest, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DisconnectRequest {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDisconnectRequest();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DisconnectRequest {
+    return {};
+  },
+
+  toJSON(_: DisconnectRequest): unknown {
+    const obj: any = {};
+    return obj;
+  },
+};
+
+function createBaseDisconnectResponse(): DisconnectResponse {
+  return {};
+}
+
+export const DisconnectResponse: MessageFns<DisconnectResponse> = {
+  encode(_: DisconnectResponse, writer: BinaryWriter = new BinaryWriter()): BinaryWriter {
+    return writer;
+  },
+
+  decode(input: BinaryReader | Uint8Array, length?: number): DisconnectResponse {
+    const reader = input instanceof BinaryReader ? input : new BinaryReader(input);
+    const previousRecursionDepth = (reader as any).__tsProtoDecodeDepth ?? 0;
+    if (previousRecursionDepth >= 100) {
+      throw new globalThis.Error("protobuf decode recursion limit exceeded");
+    }
+    (reader as any).__tsProtoDecodeDepth = previousRecursionDepth + 1;
+    try {
+      const end = length === undefined ? reader.len : reader.pos + length;
+      const message = createBaseDisconnectResponse();
+      while (reader.pos < end) {
+        const tag = reader.uint32();
+        switch (tag >>> 3) {
+        }
+        if ((tag & 7) === 4 || tag === 0) {
+          break;
+        }
+        reader.skip(tag & 7);
+      }
+      return message;
+    } finally {
+      (reader as any).__tsProtoDecodeDepth = previousRecursionDepth;
+    }
+  },
+
+  fromJSON(_: any): DisconnectResponse {
+    return {};
+  },
+
+  toJSON(_: DisconnectResponse): unknown {
+    const obj: any = {};
+    return obj;
+  },
+};
 
 function createBaseGetStatusRequest(): GetStatusRequest {
   return {};
@@ -531,11 +1026,41 @@ export const UserServiceService = {
       Buffer.from(ListServicesResponse.encode(value).finish()),
     responseDeserialize: (value: Buffer): ListServicesResponse => ListServicesResponse.decode(value),
   },
+  /**
+   * Opens this CLIENT session's tunnel: the client sends its WireGuard public key (its private
+   * key never leaves it) and gets its addresses, the gateways, DNS servers and MTU; later
+   * changes come on the same stream. A second Connect of the session replaces the first.
+   */
+  connect: {
+    path: "/postern.user.v1.UserService/Connect" as const,
+    requestStream: false as const,
+    responseStream: true as const,
+    requestSerialize: (value: ConnectRequest): Buffer => Buffer.from(ConnectRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): ConnectRequest => ConnectRequest.decode(value),
+    responseSerialize: (value: ConnectState): Buffer => Buffer.from(ConnectState.encode(value).finish()),
+    responseDeserialize: (value: Buffer): ConnectState => ConnectState.decode(value),
+  },
+  disconnect: {
+    path: "/postern.user.v1.UserService/Disconnect" as const,
+    requestStream: false as const,
+    responseStream: false as const,
+    requestSerialize: (value: DisconnectRequest): Buffer => Buffer.from(DisconnectRequest.encode(value).finish()),
+    requestDeserialize: (value: Buffer): DisconnectRequest => DisconnectRequest.decode(value),
+    responseSerialize: (value: DisconnectResponse): Buffer => Buffer.from(DisconnectResponse.encode(value).finish()),
+    responseDeserialize: (value: Buffer): DisconnectResponse => DisconnectResponse.decode(value),
+  },
 } as const;
 
 export interface UserServiceServer extends UntypedServiceImplementation {
   getStatus: handleUnaryCall<GetStatusRequest, GetStatusResponse>;
   listServices: handleUnaryCall<ListServicesRequest, ListServicesResponse>;
+  /**
+   * Opens this CLIENT session's tunnel: the client sends its WireGuard public key (its private
+   * key never leaves it) and gets its addresses, the gateways, DNS servers and MTU; later
+   * changes come on the same stream. A second Connect of the session replaces the first.
+   */
+  connect: handleServerStreamingCall<ConnectRequest, ConnectState>;
+  disconnect: handleUnaryCall<DisconnectRequest, DisconnectResponse>;
 }
 
 export interface UserServiceClient extends Client {
@@ -568,6 +1093,32 @@ export interface UserServiceClient extends Client {
     metadata: Metadata,
     options: Partial<CallOptions>,
     callback: (error: ServiceError | null, response: ListServicesResponse) => void,
+  ): ClientUnaryCall;
+  /**
+   * Opens this CLIENT session's tunnel: the client sends its WireGuard public key (its private
+   * key never leaves it) and gets its addresses, the gateways, DNS servers and MTU; later
+   * changes come on the same stream. A second Connect of the session replaces the first.
+   */
+  connect(request: ConnectRequest, options?: Partial<CallOptions>): ClientReadableStream<ConnectState>;
+  connect(
+    request: ConnectRequest,
+    metadata?: Metadata,
+    options?: Partial<CallOptions>,
+  ): ClientReadableStream<ConnectState>;
+  disconnect(
+    request: DisconnectRequest,
+    callback: (error: ServiceError | null, response: DisconnectResponse) => void,
+  ): ClientUnaryCall;
+  disconnect(
+    request: DisconnectRequest,
+    metadata: Metadata,
+    callback: (error: ServiceError | null, response: DisconnectResponse) => void,
+  ): ClientUnaryCall;
+  disconnect(
+    request: DisconnectRequest,
+    metadata: Metadata,
+    options: Partial<CallOptions>,
+    callback: (error: ServiceError | null, response: DisconnectResponse) => void,
   ): ClientUnaryCall;
 }
 

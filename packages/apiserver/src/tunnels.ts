@@ -1,0 +1,95 @@
+import { PosternError, clusterCidrV4, clusterCidrV6, dnsOffset, ipv4At, ipv6At, reservedOffsets, type AnyResource } from '@postern/apis';
+import type { Identity } from '@postern/authserver';
+import type { ResourceCache, ResourceStore } from '@postern/store';
+
+export const tunnelMtu = 1280;
+export const keepaliveSeconds = 30;
+const wgKey = /^[A-Za-z0-9+/]{43}=$/;
+
+export interface ConnectState {
+  addresses: string[];
+  gateways: { name: string; publicKey: string; endpoint: string; allowedIps: string[] }[];
+  dnsServers: string[];
+  mtu: number;
+  domain: string;
+  keepaliveSeconds: number;
+  session: string;
+}
+
+/**
+ * The User API's tunnel calls: allocates a session's addresses (race-free, in the database),
+ * records the connection on the Session (which the gateway agents turn into peers), and
+ * describes the gateways to the client.
+ */
+export class Tunnels {
+  constructor(private readonly store: ResourceStore, private readonly cache: ResourceCache, private readonly domain: string, private readonly ipv6Prefix: string, private readonly now: () => Date) {}
+
+  state(session: AnyResource, addresses: string[]): ConnectState {
+    const allowedIps = [clusterCidrV4, clusterCidrV6(this.ipv6Prefix)];
+    const gateways = this.cache.list('Gateway').flatMap((g) => {
+      const st = (g.status ?? {}) as { wireguard?: { publicKey?: string; port?: number }; publicIPs?: string[] };
+      const host = st.publicIPs?.[0];
+      if (!st.wireguard?.publicKey || !host) return [];
+      return [{ name: g.metadata.name, publicKey: st.wireguard.publicKey, endpoint: `${host.includes(':') ? `[${host}]` : host}:${st.wireguard.port ?? 53820}`, allowedIps }];
+    });
+    return {
+      addresses,
+      gateways,
+      dnsServers: [ipv4At('service', dnsOffset), ipv6At(this.ipv6Prefix, 'service', dnsOffset)],
+      mtu: tunnelMtu,
+      domain: this.domain,
+      keepaliveSeconds,
+      session: session.metadata.name,
+    };
+  }
+
+  /** Connects (or reconnects, replacing the key) the caller's session; returns what the client needs. */
+  async connect(identity: Identity, req: { wireguardPublicKey: string; hostname: string; osType: string }): Promise<ConnectState> {
+    const type = (identity.session.status as { type?: string } | undefined)?.type;
+    if (type !== 'CLIENT') throw new PosternError('ERR_PERMISSION_DENIED', 'only CLIENT sessions may open tunnels; this one is CLIENTLESS (log in with an auth token)');
+    if (!wgKey.test(req.wireguardPublicKey)) throw new PosternError('ERR_INVALID_VALUE', 'wireguardPublicKey is not a WireGuard public key (44 characters of base64)');
+    const uid = identity.session.metadata.uid!;
+    const offset = await this.store.allocateAddress('wireguard', uid, { first: 1, last: 65534, reserved: reservedOffsets.wireguard });
+    const addresses = [`${ipv4At('wireguard', offset)}/32`, `${ipv6At(this.ipv6Prefix, 'wireguard', offset)}/128`];
+    const at = this.now().toISOString();
+    for (let attempt = 0; ; attempt++) {
+      const current = await this.store.get('Session', identity.session.metadata.name);
+      if (!current) throw new PosternError('ERR_TOKEN_INVALID', 'the session ended while connecting');
+      const st = (current.status ?? {}) as Record<string, unknown>;
+      try {
+        const updated = await this.store.update(
+          {
+            ...current,
+            status: {
+              ...st,
+              isConnected: true,
+              connection: { addresses, type: 'WIREGUARD', startedAt: at, lastSeenAt: at, wireguard: { publicKey: req.wireguardPublicKey }, ...(req.hostname ? { hostname: req.hostname } : {}), ...(req.osType ? { osType: req.osType } : {}) },
+            },
+          },
+          { ifVersion: current.metadata.resourceVersion! },
+        );
+        this.cache.apply({ type: 'MODIFIED', resource: updated, version: updated.metadata.resourceVersion! });
+        return this.state(updated, addresses);
+      } catch (err) {
+        if ((err as PosternError).code !== 'ERR_CONFLICT' || attempt >= 5) throw err;
+      }
+    }
+  }
+
+  /** Marks the caller's session disconnected and frees its addresses. */
+  async disconnect(identity: Identity): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      const current = await this.store.get('Session', identity.session.metadata.name);
+      if (!current) return;
+      const { connection: _gone, ...rest } = (current.status ?? {}) as Record<string, unknown>;
+      try {
+        const updated = await this.store.update({ ...current, status: { ...rest, isConnected: false } }, { ifVersion: current.metadata.resourceVersion! });
+        this.cache.apply({ type: 'MODIFIED', resource: updated, version: updated.metadata.resourceVersion! });
+        break;
+      } catch (err) {
+        if ((err as PosternError).code !== 'ERR_CONFLICT' || attempt >= 5) throw err;
+      }
+    }
+    await this.store.releaseAddresses(identity.session.metadata.uid!);
+  }
+}
