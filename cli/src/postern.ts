@@ -111,7 +111,7 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
           sessionType: session.status?.type,
           sessionExpiresAt: session.spec?.expiresAt,
           accessTokenExpiresAt: conn.session.accessTokenExpiresAt,
-          connected: false,
+          ...(await tunnelSummary(io, conn.session.domain)),
         };
         if (format === 'json') io.out(JSON.stringify(summary, null, 2) + '\n');
         else if (format === 'yaml') io.out(encodeYaml([summary]));
@@ -126,7 +126,10 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
                 ['Groups', summary.groups.join(', ') || '-'],
                 ['Session', `${summary.session} (${summary.sessionType}), ends ${until(summary.sessionExpiresAt)}`],
                 ['Access token', `expires ${until(summary.accessTokenExpiresAt)}`],
-                ['Tunnel', 'not connected'],
+                ['Tunnel', summary.connected ? `up on ${summary.tunnel!.interface}: ${summary.tunnel!.addresses.join(', ')} via ${summary.tunnel!.gateway}` : 'not connected'],
+                ...(summary.connected
+                  ? [['Handshake', summary.tunnel!.handshakeAgeSeconds === undefined ? 'none yet' : `${summary.tunnel!.handshakeAgeSeconds} s ago`], ['Traffic', `${summary.tunnel!.rxBytes} bytes in, ${summary.tunnel!.txBytes} bytes out`]]
+                  : []),
               ],
             ),
           );
@@ -170,8 +173,9 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
     .option('--no-dns', 'leave DNS alone')
     .option('--tunnel-mode <mode>', 'wireguard or quic', 'wireguard')
     .option('--export-wireguard <file>', 'write a wg-quick configuration for a stock WireGuard client instead of creating the tunnel')
+    .option('--interface <name>', 'WireGuard interface name (default: pst + a hash of the domain)')
     .option('--daemon-child', 'internal: the detached process of --detach')
-    .action(async (o: { detach?: boolean; implementation: string; dns: boolean; tunnelMode: string; exportWireguard?: string; daemonChild?: boolean }) => {
+    .action(async (o: { detach?: boolean; implementation: string; dns: boolean; tunnelMode: string; exportWireguard?: string; daemonChild?: boolean; interface?: string }) => {
       const domain = resolveDomain(io, domainOf());
       if (o.tunnelMode !== 'wireguard') notImplemented(`tunnel mode ${o.tunnelMode}`, 'only wireguard is available');
       const impl = o.implementation === 'tun' ? 'userspace' : o.implementation === 'kernel' ? 'kernel' : 'auto';
@@ -198,24 +202,45 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
         firstFailed = reject;
       });
       let gotFirst = false;
-      const stream = conn.client.connect(
-        { wireguardPublicKey: keys.publicKey, ...clientInfo() },
-        (st) => {
-          if (!gotFirst) {
-            gotFirst = true;
-            return firstSeen(st);
-          }
-          // Later states: gateways changed. Update the peers; addresses do not change.
-          if (state) void new WireGuardInterface(state.iface).syncPeers(st.gateways.map((g) => ({ publicKey: g.publicKey, endpoint: g.endpoint, allowedIps: g.allowedIps, keepalive: st.keepaliveSeconds }))).catch(() => {});
-        },
-        (err) => {
-          if (!gotFirst) return firstFailed(err ?? new PosternError('ERR_STORE_UNAVAILABLE', 'the cluster closed the connection'));
-          progress(err ? `the cluster ended the connection: ${err.message}` : 'the cluster ended the connection (session disconnected or revoked)');
-          resolveEnd(1);
-        },
-      );
+      // The control stream: the first state brings the tunnel up; later states update peers.
+      // If the API goes away (restart, network), the tunnel stays and the stream is opened again
+      // with the same key; only a clean end (session disconnected) or an auth failure ends it.
+      let stream: { cancel(): void } = { cancel: () => {} };
+      let stopping = false;
+      let backoff = 250;
+      const open = () => {
+        stream = conn.client.connect(
+          { wireguardPublicKey: keys.publicKey, ...clientInfo() },
+          (st) => {
+            backoff = 250;
+            if (!gotFirst) {
+              gotFirst = true;
+              return firstSeen(st);
+            }
+            if (state) void new WireGuardInterface(state.iface).syncPeers(st.gateways.map((g) => ({ publicKey: g.publicKey, endpoint: g.endpoint, allowedIps: g.allowedIps, keepalive: st.keepaliveSeconds }))).catch(() => {});
+          },
+          (err) => {
+            if (stopping) return;
+            if (!gotFirst) return firstFailed(err ?? new PosternError('ERR_STORE_UNAVAILABLE', 'the cluster closed the connection'));
+            const transient = err && isPosternError(err) && ['ERR_STORE_UNAVAILABLE', 'ERR_INTERNAL', 'ERR_TOKEN_EXPIRED'].includes(err.code);
+            if (transient) {
+              progress(`lost the control connection (${err.message}); the tunnel stays up, retrying in ${backoff} ms`);
+              setTimeout(() => {
+                if (stopping) return;
+                void conn.call(async (c) => c).then(open, open);
+              }, backoff);
+              backoff = Math.min(backoff * 2, 5000);
+              return;
+            }
+            progress(err ? `the cluster ended the tunnel: ${err.message}` : 'the cluster ended the tunnel (session disconnected or revoked)');
+            resolveEnd(1);
+          },
+        );
+      };
+      open();
       const st = await first;
       if (o.exportWireguard) {
+        stopping = true;
         stream.cancel();
         writeFileSync(resolve(io.cwd, o.exportWireguard), wgQuickConfig(st, keys.privateKey, { dns: o.dns }), { mode: 0o600 });
         io.out(`Wrote ${o.exportWireguard} for session ${st.session} (${st.addresses.join(', ')}). Bring it up with: wg-quick up ${o.exportWireguard}\n`);
@@ -223,8 +248,9 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
         return;
       }
       try {
-        state = await bringUp(io, domain, st, keys.privateKey, { implementation: impl, dns: o.dns, log: progress });
+        state = await bringUp(io, domain, st, keys.privateKey, { implementation: impl, dns: o.dns, log: progress, ...(o.interface ? { iface: o.interface } : {}) });
       } catch (err) {
+        stopping = true;
         stream.cancel();
         const left = readTunnelState(io, domain);
         if (left) await tearDown(io, left).catch(() => {});
@@ -243,6 +269,7 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
       const code = await ended;
+      stopping = true;
       process.off('SIGINT', onSignal);
       process.off('SIGTERM', onSignal);
       stream.cancel();
@@ -263,13 +290,13 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
         return;
       }
       if (state.pid !== process.pid && isAlive(state.pid)) {
-        process.kill(state.pid, 'SIGTERM');
+        signal(state.pid, 'SIGTERM');
         for (let i = 0; i < 100 && existsSync(tunnelStateFile(io, domain)); i++) await new Promise((r) => setTimeout(r, 50));
         if (!existsSync(tunnelStateFile(io, domain))) {
           io.out(`Disconnected from ${domain}.\n`);
           return;
         }
-        process.kill(state.pid, 'SIGKILL');
+        signal(state.pid, 'SIGKILL');
       }
       // The connect process is gone (killed, crashed): undo what it left and tell the cluster.
       await tearDown(io, state);
@@ -311,4 +338,36 @@ async function detach(io: Io, domain: string, argv: readonly string[], progress:
   const log = existsSync(logFile) ? readFileSync(logFile, 'utf8').split('\n').filter(Boolean).slice(-5).join('\n') : '';
   progress(log);
   throw new PosternError('ERR_USAGE', `the background connect did not come up (see ${logFile})`);
+}
+
+/** The local tunnel as `wg` sees it, for `postern status`. */
+async function tunnelSummary(io: Io, domain: string): Promise<{ connected: boolean; tunnel?: { interface: string; addresses: string[]; gateway: string; handshakeAgeSeconds?: number; rxBytes: number; txBytes: number } }> {
+  const st = readTunnelState(io, domain);
+  if (!st?.up || !isAlive(st.pid)) return { connected: false };
+  let rx = 0;
+  let tx = 0;
+  let handshake = 0;
+  try {
+    const wg = await new WireGuardInterface(st.iface).status();
+    for (const p of wg.peers) {
+      rx += p.rxBytes;
+      tx += p.txBytes;
+      handshake = Math.max(handshake, p.latestHandshake);
+    }
+  } catch {
+    // Not root, or another namespace: show what the state file knows.
+  }
+  return {
+    connected: true,
+    tunnel: { interface: st.iface, addresses: st.addresses, gateway: st.gateway ?? '', ...(handshake ? { handshakeAgeSeconds: Math.max(0, Math.round(Date.now() / 1000 - handshake)) } : {}), rxBytes: rx, txBytes: tx },
+  };
+}
+
+/** Sends a signal, ignoring a process that is already gone. */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
 }

@@ -74,7 +74,7 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       .option('--wg-interface <name>', 'WireGuard interface name (unique on the host)', 'pstgw0')
       .option('--wg-port <port>', 'WireGuard UDP port', '53820')
       .option('--implementation <kind>', 'kernel, userspace (wireguard-go) or auto', 'auto')
-      .option('--dns-forwarder <ip[:port]...>', 'resolvers for names outside local.<domain>'),
+      .option('--dns-forwarder <addresses...>', 'resolvers for names outside local.<domain>'),
   ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string; publicPlaintext?: boolean; gatewayEndpoint?: string; gatewayName?: string; wgInterface: string; wgPort: string; implementation: string; dnsForwarder?: string[] }) => {
     const cluster = await startCluster({
       ...(o.domain ? { domain: o.domain } : {}),
@@ -91,7 +91,7 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
               interfaceName: o.wgInterface,
               listenPort: Number(o.wgPort),
               implementation: o.implementation as 'auto' | 'kernel' | 'userspace',
-              ...(o.dnsForwarder ? { dnsForwarders: o.dnsForwarder } : {}),
+              ...(o.dnsForwarder ? { dnsForwarders: [o.dnsForwarder].flat() } : {}),
             },
           }
         : {}),

@@ -48,12 +48,18 @@ export function writeTunnelState(io: Io, s: TunnelState): void {
   writeFileSync(f, JSON.stringify(s, null, 2), { mode: 0o600 });
 }
 
+/** Whether a process runs (a zombie, dead but not yet reaped, does not count). */
 export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
-    return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return true;
   }
 }
 
@@ -81,13 +87,13 @@ function resolvedAvailable(): boolean {
  * ranges only (no default route), DNS for `local.<domain>`. Records every step in the state file
  * first, so a crash at any point can be undone by the next connect or disconnect.
  */
-export async function bringUp(io: Io, domain: string, st: ConnectState, privateKey: string, opts: { implementation: Implementation | 'auto'; dns: boolean; log: (s: string) => void }): Promise<TunnelState> {
+export async function bringUp(io: Io, domain: string, st: ConnectState, privateKey: string, opts: { implementation: Implementation | 'auto'; dns: boolean; log: (s: string) => void; iface?: string }): Promise<TunnelState> {
   if (process.getuid?.() !== 0) {
     throw new PosternError('ERR_USAGE', 'creating a tunnel needs root (run with sudo), or use --export-wireguard FILE for a stock WireGuard client');
   }
   const gw = st.gateways[0];
   if (!gw) throw new PosternError('ERR_STORE_UNAVAILABLE', 'the cluster has no gateway yet: start one (posternd up --gateway-endpoint …)');
-  const iface = interfaceName(io, domain);
+  const iface = opts.iface ?? interfaceName(io, domain);
   const routes = [...new Set(st.gateways.flatMap((g) => g.allowedIps))];
   const state: TunnelState = { domain, pid: process.pid, iface, addresses: st.addresses, routes, dns: 'none', session: st.session, gateway: gw.endpoint, startedAt: new Date().toISOString(), up: false };
   writeTunnelState(io, state);

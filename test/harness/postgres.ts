@@ -1,4 +1,4 @@
-import { spawn, execFileSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
 import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -51,13 +51,20 @@ function serverUser(): { uid: number; gid: number } | undefined {
  */
 export class TestPostgres {
   private proc: ChildProcess | undefined;
-  private constructor(readonly dir: string, readonly port: number, private readonly bin: string, private readonly user: { uid: number; gid: number } | undefined) {}
+  private constructor(
+    readonly dir: string,
+    readonly port: number,
+    private readonly bin: string,
+    private readonly user: { uid: number; gid: number } | undefined,
+    /** Run the server inside this network namespace (it is then reachable only from there). */
+    readonly netns?: string,
+  ) {}
 
   get url(): string {
     return `postgres://postgres@127.0.0.1:${this.port}/postgres`;
   }
 
-  static async create(): Promise<TestPostgres> {
+  static async create(opts: { netns?: string } = {}): Promise<TestPostgres> {
     const bin = pgBinDir();
     const user = serverUser();
     const dir = mkdtempSync(join(tmpdir(), 'postern-pg-'));
@@ -67,23 +74,31 @@ export class TestPostgres {
       stdio: 'pipe',
       ...(user ?? {}),
     });
-    const pgSrv = new TestPostgres(dir, await freePort(), bin, user);
+    const pgSrv = new TestPostgres(dir, await freePort(), bin, user, opts.netns);
     await pgSrv.start();
     return pgSrv;
   }
 
   async start(): Promise<void> {
-    const proc = spawn(
-      join(this.bin, 'postgres'),
-      ['-D', join(this.dir, 'data'), '-p', String(this.port), '-k', this.dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200'],
-      { stdio: ['ignore', 'ignore', 'pipe'], ...(this.user ?? {}) },
-    );
+    const args = ['-D', join(this.dir, 'data'), '-p', String(this.port), '-k', this.dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200'];
+    // In a namespace: `ip netns exec` then `setpriv` (both exec, so the pid is the server's and
+    // signals reach it directly).
+    const proc = this.netns
+      ? spawn('ip', ['netns', 'exec', this.netns, ...(this.user ? ['setpriv', `--reuid=${this.user.uid}`, `--regid=${this.user.gid}`, '--clear-groups', '--'] : []), join(this.bin, 'postgres'), ...args], { stdio: ['ignore', 'ignore', 'pipe'] })
+      : spawn(join(this.bin, 'postgres'), args, { stdio: ['ignore', 'ignore', 'pipe'], ...(this.user ?? {}) });
     let stderr = '';
     proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-4000)));
     this.proc = proc;
     const deadline = Date.now() + 20_000;
     for (;;) {
       if (proc.exitCode !== null) throw new Error(`postgres exited with ${proc.exitCode}: ${stderr}`);
+      if (this.netns) {
+        const ready = spawnSync('ip', ['netns', 'exec', this.netns, join(this.bin, 'pg_isready'), '-q', '-h', '127.0.0.1', '-p', String(this.port)]);
+        if (ready.status === 0) return;
+        if (Date.now() > deadline) throw new Error(`postgres did not accept connections within 20 s: ${stderr}`);
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
       const c = new pg.Client({ connectionString: this.url });
       try {
         await c.connect();
@@ -103,7 +118,11 @@ export class TestPostgres {
     this.proc = undefined;
     if (!proc || proc.exitCode !== null) return;
     await new Promise<void>((resolve) => {
-      proc.once('exit', () => resolve());
+      const kill = setTimeout(() => proc.kill('SIGKILL'), 10_000);
+      proc.once('exit', () => {
+        clearTimeout(kill);
+        resolve();
+      });
       proc.kill('SIGINT');
     });
   }

@@ -2,7 +2,8 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 
 const repo = join(import.meta.dirname, '../../..');
-const bin = (name: string) => join(repo, 'cli', 'bin', `${name}.js`);
+/** Path of an installed entry point (`cli/bin/<name>.js`). */
+export const bin = (name: string) => join(repo, 'cli', 'bin', `${name}.js`);
 
 export interface RunningPosternd {
   proc: ChildProcess;
@@ -12,12 +13,17 @@ export interface RunningPosternd {
   rootToken: string | undefined;
   caFingerprint: string | undefined;
   stdout: string;
+  /** The tail of what it logged. */
+  logs(): string;
   stop(): Promise<number | null>;
 }
 
 /** Starts the real `posternd` binary and waits until it prints its banner. */
-export async function spawnPosternd(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number }): Promise<RunningPosternd> {
-  const proc = spawn(process.execPath, [bin('posternd'), ...args], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+export async function spawnPosternd(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; netns?: string }): Promise<RunningPosternd> {
+  const argv = [process.execPath, bin('posternd'), ...args];
+  const proc = opts.netns
+    ? spawn('ip', ['netns', 'exec', opts.netns, ...argv], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(argv[0]!, argv.slice(1), { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   // Keep the tail only: a busy proxy logs a line per request.
@@ -47,6 +53,7 @@ export async function spawnPosternd(args: string[], opts: { cwd: string; env?: N
     rootToken: token,
     caFingerprint: fp,
     stdout,
+    logs: () => stderr,
     stop: () =>
       new Promise((resolve) => {
         if (proc.exitCode !== null) return resolve(proc.exitCode);

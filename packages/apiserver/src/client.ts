@@ -93,8 +93,17 @@ export class ApiClient {
   connect(req: { wireguardPublicKey: string; hostname?: string; osType?: string }, onState: (s: ConnectState) => void, onEnd: (err?: Error) => void): { cancel(): void } {
     const stream: ClientReadableStream<ConnectState> = this.user.connect({ hostname: '', osType: '', ...req }, this.md());
     stream.on('data', onState);
-    stream.on('error', (err: { code?: number }) => onEnd(err.code === 1 ? undefined : fromServiceError(err)));
-    stream.on('end', () => onEnd());
+    // Only a clean end means "the session was disconnected"; any error (a restart, a dropped
+    // connection, even a cancel) is reported as one.
+    // grpc-js may emit 'end' after 'error': report the first only.
+    let ended = false;
+    const once = (err?: Error) => {
+      if (ended) return;
+      ended = true;
+      onEnd(err);
+    };
+    stream.on('error', (err: { code?: number }) => once(fromServiceError(err)));
+    stream.on('end', () => once());
     return { cancel: () => stream.cancel() };
   }
   disconnect(): Promise<void> {

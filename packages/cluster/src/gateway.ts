@@ -1,6 +1,6 @@
 import { dnsOffset, ipv4At, ipv6At, splitNamespaced, type AnyResource } from '@postern/apis';
 import { DnsServer } from '@postern/dns';
-import { GatewayAgent, type Implementation } from '@postern/gateway-agent';
+import { GatewayAgent, runTool, type Implementation } from '@postern/gateway-agent';
 import type { Proxy } from '@postern/proxy';
 import type { ResourceCache, ResourceStore } from '@postern/store';
 import type { Logger } from 'pino';
@@ -65,9 +65,11 @@ export class GatewayHost {
   async start(): Promise<void> {
     await this.agent.start();
     await this.dns.listen(ipv4At('service', dnsOffset), this.opts.dnsPort ?? 53);
-    await this.dns.listen(ipv6At(this.deps.ipv6Prefix, 'service', dnsOffset), this.opts.dnsPort ?? 53).catch((err: Error) =>
-      this.deps.logger.warn({ err: err.message }, 'private DNS over IPv6 unavailable'),
-    );
+    // IPv6 binds only to an address on an interface (a local route is not enough, unlike IPv4).
+    const dns6 = ipv6At(this.deps.ipv6Prefix, 'service', dnsOffset);
+    await runTool('ip', ['-6', 'addr', 'replace', `${dns6}/128`, 'dev', 'lo'])
+      .then(() => this.dns.listen(dns6, this.opts.dnsPort ?? 53))
+      .catch((err: Error) => this.deps.logger.warn({ err: err.message }, 'private DNS over IPv6 unavailable'));
     this.unsubscribe = this.deps.cache.onChange((ev) => {
       if (ev.type === 'RESYNC' || ev.resource.kind === 'Service') this.enqueue(() => this.reconcileListeners());
     });
