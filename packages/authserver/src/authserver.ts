@@ -175,8 +175,9 @@ export class AuthServer {
       if (!user) throw new PosternError('ERR_TOKEN_INVALID', `the credential's user "${spec.user}" no longer exists`);
       if ((user.spec as { isDisabled?: boolean }).isDisabled) throw new PosternError('ERR_PERMISSION_DENIED', `user "${spec.user}" is disabled`);
       try {
-        // Count the use first, guarded by resourceVersion, so maxAuthentications holds under races.
-        await this.write(
+        // A limited credential counts its uses first, guarded by resourceVersion, so the limit
+        // holds under races. An unlimited one is not written at all: many workers may share it.
+        if (spec.maxAuthentications) await this.write(
           () =>
             this.store.update(
               { ...credential, status: { ...credential.status, totalAuthentications: used + 1, lastAuthenticationAt: this.now().toISOString() } },
@@ -185,8 +186,9 @@ export class AuthServer {
           'MODIFIED',
         );
       } catch (err) {
-        if ((err as PosternError).code === 'ERR_CONFLICT' && attempt < 5) {
+        if ((err as PosternError).code === 'ERR_CONFLICT' && attempt < 30) {
           await this.cache.waitFor(await this.store.currentVersion());
+          await new Promise((r) => setTimeout(r, Math.random() * 10 * (attempt + 1)));
           continue;
         }
         throw err;

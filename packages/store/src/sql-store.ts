@@ -344,19 +344,32 @@ export class SqlStore implements ResourceStore {
       for (let attempt = 0; attempt < 20; attempt++) {
         const [have] = await this.driver.query<{ o: number }>('SELECT address_offset AS o FROM postern_addresses WHERE pool = $1 AND owner = $2', [pool, owner]);
         if (have) return Number(have.o);
-        // Two allocators may pick the same free offset: the primary key lets one win, the other
-        // finds nothing inserted and tries again.
+        // Reserved offsets are held by a placeholder owner, so the gap search below skips them.
+        if (attempt === 0 && range.reserved.length) {
+          await this.driver.query(
+            `INSERT INTO postern_addresses (pool, address_offset, owner) SELECT $1, r, '(reserved:' || $1 || ':' || r || ')' FROM unnest($2::int[]) r ON CONFLICT DO NOTHING`,
+            [pool, [...range.reserved]],
+          );
+        }
+        // The lowest free offset: the first one, or the one after an allocated offset whose
+        // successor is free. Index lookups over the allocated rows, not a scan of the range.
+        // Two allocators may pick the same offset: the primary key lets one win, the other finds
+        // nothing inserted and tries again.
         const [row] = await this.driver.query<{ o: number }>(
           `INSERT INTO postern_addresses (pool, address_offset, owner)
-             SELECT $1, g, $2 FROM generate_series($3::int, $4::int) g
-              WHERE g <> ALL($5::int[]) AND NOT EXISTS (SELECT 1 FROM postern_addresses a WHERE a.pool = $1 AND a.address_offset = g)
-              ORDER BY g LIMIT 1
+             SELECT $1, c, $2 FROM (
+               SELECT $3::int AS c WHERE NOT EXISTS (SELECT 1 FROM postern_addresses WHERE pool = $1 AND address_offset = $3)
+               UNION ALL
+               SELECT a.address_offset + 1 FROM postern_addresses a
+                WHERE a.pool = $1 AND a.address_offset >= $3 AND a.address_offset < $4
+                  AND NOT EXISTS (SELECT 1 FROM postern_addresses b WHERE b.pool = $1 AND b.address_offset = a.address_offset + 1)
+             ) free WHERE c BETWEEN $3 AND $4 ORDER BY c LIMIT 1
            ON CONFLICT DO NOTHING RETURNING address_offset AS o`,
-          [pool, owner, range.first, range.last, [...range.reserved]],
+          [pool, owner, range.first, range.last],
         );
         if (row) return Number(row.o);
-        const [free] = await this.driver.query<{ n: number }>('SELECT count(*)::int AS n FROM postern_addresses WHERE pool = $1', [pool]);
-        if (Number(free?.n) >= range.last - range.first + 1 - range.reserved.length) throw new PosternError('ERR_IN_USE', `the ${pool} address pool is full`);
+        const [used] = await this.driver.query<{ n: number }>('SELECT count(*)::int AS n FROM postern_addresses WHERE pool = $1 AND address_offset BETWEEN $2 AND $3', [pool, range.first, range.last]);
+        if (Number(used?.n) >= range.last - range.first + 1) throw new PosternError('ERR_IN_USE', `the ${pool} address pool is full`);
       }
       throw new PosternError('ERR_CONFLICT', `could not allocate a ${pool} address after 20 attempts; retry`);
     });
