@@ -6,3 +6,4 @@ export { main as postern } from './postern.js';
 export { main as posternctl } from './posternctl.js';
 export { main as posternd } from './posternd.js';
 export { processIo, type Io } from './io.js';
+export { fetchClusterCa, caFingerprint } from './tofu.js';

@@ -19,7 +19,7 @@ import { clusterTls } from '@postern/cluster';
 import { openStore } from '@postern/store';
 import pg from 'pg';
 import { runBin, spawnPosternd, TestPostgres } from '../harness/index.js';
-import { fetchCa } from './ca.js';
+import { fetchClusterCa } from '@postern/cli';
 
 export interface BenchRow {
   name: string;
@@ -155,7 +155,7 @@ async function getBench(): Promise<BenchRow> {
   };
   const ours = await withPosternd([], async (address, token) => {
     {
-      const ca = await fetchCa(address);
+      const ca = (await fetchClusterCa(address)).pem;
       const c0 = new ApiClient({ address, ca, serverName: 'api.bench.test' });
       const t = await c0.authenticateWithAuthToken(token);
       c0.close();

@@ -1,14 +1,16 @@
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
-import { durationMs, isPosternError } from '@postern/apis';
+import { isPosternError } from '@postern/apis';
 import type { AuthServer } from '@postern/authserver';
 import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
 import type { ResourceCache } from '@postern/store';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { logAccess, type AccessLogEntry } from './access-log.js';
-import { LuaPlugin, type LuaRequestState, type LuaResponseState } from './lua.js';
+import type { LuaRequestState } from './lua.js';
+import { PluginRunner } from './plugins.js';
+import { HttpError, statusText } from './http-error.js';
 import { connectionHeaders, flatHeaders, framingProblem } from './headers.js';
 import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
 import { normalizeTarget } from './normalize.js';
@@ -36,13 +38,6 @@ export interface ProxyCoreOptions {
 /** Where a request came in: a Service's own listener (tunnel side) or the public HTTPS listener. */
 export type Entry = { kind: 'service'; service: string } | { kind: 'public' };
 
-class HttpError extends Error {
-  constructor(readonly status: number, readonly publicMessage: string, readonly internal?: string, readonly headers: Record<string, string> = {}) {
-    super(internal ?? publicMessage);
-  }
-}
-
-const statusText: Record<number, string> = { 429: 'Too Many Requests', 500: 'Internal Server Error', 501: 'Not Implemented', 400: 'Bad Request', 401: 'Unauthorized', 403: 'Forbidden', 404: 'Not Found', 413: 'Content Too Large', 502: 'Bad Gateway', 503: 'Service Unavailable', 504: 'Gateway Timeout' };
 
 /** Policies whose rules read the body: the request must then be buffered before deciding. */
 const readsBody = new WeakMap<object, boolean>();
@@ -71,16 +66,16 @@ export class ProxyCore {
   private readonly now: () => Date;
   private readonly log: Logger;
   private readonly unsubscribe: () => void;
-  private readonly lua = new Map<string, Promise<LuaPlugin>>();
+  private readonly plugins: PluginRunner;
   private readonly h2 = new H2Upstreams();
   private readonly upstreamTimeoutMs: number;
-  private readonly rateWindows = new Map<string, { start: number; count: number }>();
 
   constructor(private readonly opts: ProxyCoreOptions) {
     this.now = opts.now ?? (() => new Date());
     this.log = opts.logger;
     this.pools = opts.pools ?? new UpstreamPools();
     this.upstreamTimeoutMs = opts.upstreamTimeoutMs ?? 60_000;
+    this.plugins = new PluginRunner(this.now);
     this.identity = new IdentityIndex(opts.cache, opts.auth);
     this.upstreamAuth = new UpstreamAuth((name) => {
       const data = (opts.cache.get('Secret', name)?.spec as { data?: { value?: string; valueBytes?: string } } | undefined)?.data;
@@ -301,79 +296,6 @@ export class ProxyCore {
     return { statusCode: Number(rh[':status'] ?? 502), headers: out, body: stream as AsyncIterable<Buffer>, h2Trailers: trailers };
   }
 
-  /** Compiles a Lua plugin once per distinct source. */
-  private luaPlugin(name: string, source: string): Promise<LuaPlugin> {
-    const key = createHash('sha256').update(source).digest('base64url');
-    let p = this.lua.get(key);
-    if (!p) {
-      p = LuaPlugin.compile(name, source);
-      p.catch(() => this.lua.delete(key));
-      this.lua.set(key, p);
-    }
-    return p;
-  }
-
-  /** The plugins of a route for a phase whose condition holds, in order. */
-  private plugins(route: Route, phase: 'PRE_AUTH' | 'POST_AUTH', ctx: Record<string, unknown>): Route['plugins'] {
-    return route.plugins.filter((p) => {
-      if ((p.phase ?? 'POST_AUTH') !== phase) return false;
-      if (!p.condition) return true;
-      try {
-        return evaluateCondition(p.condition, { ctx, attrs: {} });
-      } catch (err) {
-        throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name} condition: ${(err as Error).message}`);
-      }
-    });
-  }
-
-  /**
-   * Runs the request side of plugins: `direct` answers at once, `rateLimit` may answer 429,
-   * Lua may change headers and body or `exit(status)`. Returns a status to answer with, if any.
-   */
-  private async runRequestPlugins(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ServerResponse): Promise<boolean> {
-    for (const p of plugins) {
-      if (p.direct) {
-        for (const [k, v] of Object.entries(p.direct.headers ?? {})) res.setHeader(k, v);
-        res.statusCode = p.direct.statusCode ?? 200;
-        res.end(p.direct.body ?? '');
-        return true;
-      }
-      if (p.rateLimit) {
-        const rl = p.rateLimit;
-        const who = rl.key?.perSession ? caller?.session.metadata.name : rl.key?.perUser ? caller?.user.metadata.name : 'all';
-        const key = `${p.name}|${who ?? 'anonymous'}`;
-        const windowMs = durationMs(rl.window) ?? 60_000;
-        const t = this.now().getTime();
-        const w = this.rateWindows.get(key);
-        if (!w || t - w.start >= windowMs) this.rateWindows.set(key, { start: t, count: 1 });
-        else if (++w.count > rl.limit) throw new HttpError(429, 'rate limit exceeded', `plugin ${p.name}`, { 'retry-after': String(Math.ceil((w.start + windowMs - t) / 1000)) });
-        continue;
-      }
-      if (p.lua) {
-        try {
-          (await this.luaPlugin(p.name, p.lua.inline)).onRequest(state);
-        } catch (err) {
-          throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name}: ${(err as Error).message}`);
-        }
-        if (state.exitStatus) throw new HttpError(state.exitStatus, 'the request was stopped by a gateway plugin', `plugin ${p.name} exit(${state.exitStatus})`);
-        continue;
-      }
-      throw new HttpError(501, 'a gateway plugin of this kind is not implemented', `plugin ${p.name}`);
-    }
-    return false;
-  }
-
-  private async runResponsePlugins(plugins: Route['plugins'], state: LuaResponseState): Promise<void> {
-    for (const p of plugins) {
-      if (!p.lua) continue;
-      try {
-        (await this.luaPlugin(p.name, p.lua.inline)).onResponse(state);
-      } catch (err) {
-        throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name} onResponse: ${(err as Error).message}`);
-      }
-    }
-  }
-
   private balancer(svc: CompiledService, route: Route): Balancer {
     const key = `${svc.fullName}|${route.name}`;
     let b = this.balancers.get(key);
@@ -404,10 +326,10 @@ export class ProxyCore {
       const upstreamPath = `${base.pathname === '/' ? '' : base.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`;
       log.upstream = base.origin;
       const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
-      const requestPlugins = route.plugins.length ? this.plugins(route, 'POST_AUTH', ctx) : route.plugins;
+      const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
       if (requestPlugins.length) {
         const state: LuaRequestState = { ctx, body, requestHeaders: headers };
-        if (await this.runRequestPlugins(requestPlugins, state, caller, res)) {
+        if (await this.plugins.runRequest(requestPlugins, state, caller, res)) {
           log.status = res.statusCode;
           return;
         }
@@ -459,7 +381,7 @@ export class ProxyCore {
         else responseHeaders.set(k, v);
       }
       const luaPlugins = requestPlugins.filter((p) => p.lua);
-      if (luaPlugins.length) await this.runResponsePlugins(luaPlugins, { ctx, responseHeaders });
+      if (luaPlugins.length) await this.plugins.runResponse(luaPlugins, { ctx, responseHeaders });
       for (const h of route.addResponseHeaders) {
         const have = responseHeaders.get(h.key);
         responseHeaders.set(h.key, h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value);
@@ -552,7 +474,7 @@ export class ProxyCore {
 
   async close(): Promise<void> {
     this.unsubscribe();
-    for (const p of this.lua.values()) void p.then((x) => x.close(), () => {});
+    this.plugins.close();
     this.h2.close();
     this.identity.close();
     await this.pools.close();

@@ -1,0 +1,96 @@
+import { createHash } from 'node:crypto';
+import type { ServerResponse } from 'node:http';
+import { durationMs } from '@postern/apis';
+import { evaluateCondition } from '@postern/policy';
+import { HttpError } from './http-error.js';
+import type { Caller } from './identity.js';
+import { LuaPlugin, type LuaRequestState, type LuaResponseState } from './lua.js';
+import type { Route } from './routes.js';
+
+/**
+ * Runs a route's plugins: `direct` answers at once, `rateLimit` counts per key in fixed windows,
+ * Lua runs in its sandbox (compiled once per distinct source). Failures become HttpErrors.
+ */
+export class PluginRunner {
+  private readonly lua = new Map<string, Promise<LuaPlugin>>();
+  private readonly rateWindows = new Map<string, { start: number; count: number }>();
+
+  constructor(private readonly now: () => Date) {}
+
+  /** Compiles a Lua plugin once per distinct source. */
+  private luaPlugin(name: string, source: string): Promise<LuaPlugin> {
+    const key = createHash('sha256').update(source).digest('base64url');
+    let p = this.lua.get(key);
+    if (!p) {
+      p = LuaPlugin.compile(name, source);
+      p.catch(() => this.lua.delete(key));
+      this.lua.set(key, p);
+    }
+    return p;
+  }
+
+  /** The plugins of a route for a phase whose condition holds, in order. */
+  select(route: Route, phase: 'PRE_AUTH' | 'POST_AUTH', ctx: Record<string, unknown>): Route['plugins'] {
+    return route.plugins.filter((p) => {
+      if ((p.phase ?? 'POST_AUTH') !== phase) return false;
+      if (!p.condition) return true;
+      try {
+        return evaluateCondition(p.condition, { ctx, attrs: {} });
+      } catch (err) {
+        throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name} condition: ${(err as Error).message}`);
+      }
+    });
+  }
+
+  /**
+   * Runs the request side of plugins: `direct` answers at once, `rateLimit` may answer 429,
+   * Lua may change headers and body or `exit(status)`. Returns a status to answer with, if any.
+   */
+  async runRequest(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ServerResponse): Promise<boolean> {
+    for (const p of plugins) {
+      if (p.direct) {
+        for (const [k, v] of Object.entries(p.direct.headers ?? {})) res.setHeader(k, v);
+        res.statusCode = p.direct.statusCode ?? 200;
+        res.end(p.direct.body ?? '');
+        return true;
+      }
+      if (p.rateLimit) {
+        const rl = p.rateLimit;
+        const who = rl.key?.perSession ? caller?.session.metadata.name : rl.key?.perUser ? caller?.user.metadata.name : 'all';
+        const key = `${p.name}|${who ?? 'anonymous'}`;
+        const windowMs = durationMs(rl.window) ?? 60_000;
+        const t = this.now().getTime();
+        const w = this.rateWindows.get(key);
+        if (!w || t - w.start >= windowMs) this.rateWindows.set(key, { start: t, count: 1 });
+        else if (++w.count > rl.limit) throw new HttpError(429, 'rate limit exceeded', `plugin ${p.name}`, { 'retry-after': String(Math.ceil((w.start + windowMs - t) / 1000)) });
+        continue;
+      }
+      if (p.lua) {
+        try {
+          (await this.luaPlugin(p.name, p.lua.inline)).onRequest(state);
+        } catch (err) {
+          throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name}: ${(err as Error).message}`);
+        }
+        if (state.exitStatus) throw new HttpError(state.exitStatus, 'the request was stopped by a gateway plugin', `plugin ${p.name} exit(${state.exitStatus})`);
+        continue;
+      }
+      throw new HttpError(501, 'a gateway plugin of this kind is not implemented', `plugin ${p.name}`);
+    }
+    return false;
+  }
+
+  async runResponse(plugins: Route['plugins'], state: LuaResponseState): Promise<void> {
+    for (const p of plugins) {
+      if (!p.lua) continue;
+      try {
+        (await this.luaPlugin(p.name, p.lua.inline)).onResponse(state);
+      } catch (err) {
+        throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name} onResponse: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  close(): void {
+    for (const p of this.lua.values()) void p.then((x) => x.close(), () => {});
+  }
+}
