@@ -46,7 +46,7 @@ const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, 
 
 async function withPosternd<T>(args: string[], fn: (address: string, token: string, dir: string) => Promise<T>): Promise<T> {
   const dir = mkdtempSync(join(tmpdir(), 'postern-bench-'));
-  const d = await spawnPosternd(['up', '--domain', 'bench.test', '--listen', '127.0.0.1:0', ...args], { cwd: dir });
+  const d = await spawnPosternd(['up', '--domain', 'bench.test', '--listen', '127.0.0.1:0', '--public-listen', 'off', ...args], { cwd: dir });
   try {
     return await fn(d.address, d.rootToken!, dir);
   } finally {

@@ -83,7 +83,7 @@ describe('CLI behaviour', () => {
   });
 
   it('refuses a cluster whose CA differs from the one pinned at login', async () => {
-    const other = await startCluster({ domain: tc.domain, dataDir: join(tc.dir, 'other'), listen: '127.0.0.1:0', autoInit: true, logger: pino({ level: 'silent' }) });
+    const other = await startCluster({ domain: tc.domain, dataDir: join(tc.dir, 'other'), listen: '127.0.0.1:0', publicListen: 'off', autoInit: true, logger: pino({ level: 'silent' }) });
     try {
       const saved = join(tc.dir, 'home', 'root', 'sessions', `${tc.domain}.json`);
       const before = readFileSync(saved, 'utf8');
@@ -105,7 +105,7 @@ describe('CLI behaviour', () => {
 
   it('refuses to open a data folder another posternd holds', async () => {
     await assert.rejects(
-      startCluster({ domain: tc.domain, dataDir: join(tc.dir, 'data'), listen: '127.0.0.1:0', autoInit: true, logger: pino({ level: 'silent' }) }),
+      startCluster({ domain: tc.domain, dataDir: join(tc.dir, 'data'), listen: '127.0.0.1:0', publicListen: 'off', autoInit: true, logger: pino({ level: 'silent' }) }),
       /another posternd \(pid \d+\) is using/,
     );
   });

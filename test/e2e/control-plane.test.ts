@@ -22,7 +22,7 @@ describe('end to end: posternd up → login → apply → get → deny', () => {
 
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), 'postern-e2e-'));
-    d = await spawnPosternd(['up', '--domain', domain, '--listen', '127.0.0.1:0'], { cwd: dir });
+    d = await spawnPosternd(['up', '--domain', domain, '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0'], { cwd: dir });
   });
   after(async () => {
     const code = await d?.stop();
