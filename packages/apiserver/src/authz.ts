@@ -15,9 +15,9 @@ export function groupsOf(cache: ResourceCache, user: AnyResource): AnyResource[]
   return ((user.spec as { groups?: string[] }).groups ?? []).flatMap((g) => cache.get('Group', g) ?? []);
 }
 
-/** The CEL `ctx` for a request by `identity`, with `request` as given. */
-export function requestContext(cache: ResourceCache, identity: Identity, request: Record<string, unknown>, extra: Record<string, unknown> = {}) {
-  return { user: identity.user, groups: groupsOf(cache, identity.user), session: identity.session, request, ...extra };
+/** The CEL `ctx` for a request by `identity` (whose groups the caller has looked up), with `request` as given. */
+export function requestContext(identity: Identity, groups: AnyResource[], request: Record<string, unknown>, extra: Record<string, unknown> = {}) {
+  return { user: identity.user, groups, session: identity.session, request, ...extra };
 }
 
 /**
@@ -35,7 +35,7 @@ export class ApiAuthorizer {
       { clusterConfig: this.cache.get('ClusterConfig', 'default'), user: identity.user, groups, session: identity.session },
       (name) => this.cache.get('Policy', name),
     );
-    const ctx = requestContext(this.cache, identity, { grpc: info });
+    const ctx = requestContext(identity, groups, { grpc: info });
     return decide(policies, ctx, check);
   }
 

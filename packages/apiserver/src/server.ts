@@ -321,18 +321,20 @@ export class ApiServer {
   private servicesFor(identity: Identity, namespace: string | undefined) {
     const cache = this.opts.cache;
     const out = [];
+    // The same for every Service: looked up once.
+    const groups = groupsOf(cache, identity.user);
+    const clusterConfig = cache.get('ClusterConfig', 'default');
+    const request = { http: { method: 'GET', path: '/', host: '', scheme: 'http', uri: '/', headers: {}, queryParams: {}, size: 0 } };
     for (const svc of cache.list('Service')) {
       const { name, namespace: ns } = splitNamespaced(svc.metadata.name);
       if (namespace && ns !== namespace) continue;
       const spec = svc.spec as { mode?: string; port?: number; isPublic?: boolean; isAnonymous?: boolean };
       const nsResource = cache.get('Namespace', ns);
-      const groups = groupsOf(cache, identity.user);
       const { policies } = gatherPolicies(
-        { clusterConfig: cache.get('ClusterConfig', 'default'), namespace: nsResource, service: svc, user: identity.user, groups, session: identity.session },
+        { clusterConfig, namespace: nsResource, service: svc, user: identity.user, groups, session: identity.session },
         (p) => cache.get('Policy', p),
       );
-      const request = { http: { method: 'GET', path: '/', host: '', scheme: 'http', uri: '/', headers: {}, queryParams: {}, size: 0 } };
-      const ctx = requestContext(cache, identity, request, { service: svc, namespace: nsResource ?? null });
+      const ctx = requestContext(identity, groups, request, { service: svc, namespace: nsResource ?? null });
       const check = preCheck({ session: identity.session, user: identity.user, now: this.now(), service: svc });
       if (!spec.isAnonymous && decide(policies, ctx, check).effect !== 'ALLOW') continue;
       const domain = this.opts.domain;

@@ -1,6 +1,6 @@
 import { PosternError, clusterCidrV4, clusterCidrV6, dnsOffset, ipv4At, ipv6At, reservedOffsets, type AnyResource } from '@postern/apis';
 import type { Identity } from '@postern/authserver';
-import type { ResourceCache, ResourceStore } from '@postern/store';
+import { modifyResource, type ResourceCache, type ResourceStore } from '@postern/store';
 
 export const tunnelMtu = 1280;
 export const keepaliveSeconds = 30;
@@ -52,44 +52,26 @@ export class Tunnels {
     const offset = await this.store.allocateAddress('wireguard', uid, { first: 1, last: 65534, reserved: reservedOffsets.wireguard });
     const addresses = [`${ipv4At('wireguard', offset)}/32`, `${ipv6At(this.ipv6Prefix, 'wireguard', offset)}/128`];
     const at = this.now().toISOString();
-    for (let attempt = 0; ; attempt++) {
-      const current = await this.store.get('Session', identity.session.metadata.name);
-      if (!current) throw new PosternError('ERR_TOKEN_INVALID', 'the session ended while connecting');
-      const st = (current.status ?? {}) as Record<string, unknown>;
-      try {
-        const updated = await this.store.update(
-          {
-            ...current,
-            status: {
-              ...st,
-              isConnected: true,
-              connection: { addresses, type: 'WIREGUARD', startedAt: at, lastSeenAt: at, wireguard: { publicKey: req.wireguardPublicKey }, ...(req.hostname ? { hostname: req.hostname } : {}), ...(req.osType ? { osType: req.osType } : {}) },
-            },
-          },
-          { ifVersion: current.metadata.resourceVersion! },
-        );
-        this.cache.apply({ type: 'MODIFIED', resource: updated, version: updated.metadata.resourceVersion! });
-        return this.state(updated, addresses);
-      } catch (err) {
-        if ((err as PosternError).code !== 'ERR_CONFLICT' || attempt >= 5) throw err;
-      }
-    }
+    const updated = await modifyResource(this.store, 'Session', identity.session.metadata.name, (current) => ({
+      ...current,
+      status: {
+        ...current.status,
+        isConnected: true,
+        connection: { addresses, type: 'WIREGUARD', startedAt: at, lastSeenAt: at, wireguard: { publicKey: req.wireguardPublicKey }, ...(req.hostname ? { hostname: req.hostname } : {}), ...(req.osType ? { osType: req.osType } : {}) },
+      },
+    }));
+    if (!updated) throw new PosternError('ERR_TOKEN_INVALID', 'the session ended while connecting');
+    this.cache.apply({ type: 'MODIFIED', resource: updated, version: updated.metadata.resourceVersion! });
+    return this.state(updated, addresses);
   }
 
   /** Marks the caller's session disconnected and frees its addresses. */
   async disconnect(identity: Identity): Promise<void> {
-    for (let attempt = 0; ; attempt++) {
-      const current = await this.store.get('Session', identity.session.metadata.name);
-      if (!current) return;
+    const updated = await modifyResource(this.store, 'Session', identity.session.metadata.name, (current) => {
       const { connection: _gone, ...rest } = (current.status ?? {}) as Record<string, unknown>;
-      try {
-        const updated = await this.store.update({ ...current, status: { ...rest, isConnected: false } }, { ifVersion: current.metadata.resourceVersion! });
-        this.cache.apply({ type: 'MODIFIED', resource: updated, version: updated.metadata.resourceVersion! });
-        break;
-      } catch (err) {
-        if ((err as PosternError).code !== 'ERR_CONFLICT' || attempt >= 5) throw err;
-      }
-    }
+      return { ...current, status: { ...rest, isConnected: false } };
+    });
+    if (updated) this.cache.apply({ type: 'MODIFIED', resource: updated, version: updated.metadata.resourceVersion! });
     await this.store.releaseAddresses(identity.session.metadata.uid!);
   }
 }

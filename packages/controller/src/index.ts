@@ -5,7 +5,7 @@
  * Imports apis and store only.
  */
 import { ipv4At, ipv6At, reservedOffsets } from '@postern/apis';
-import type { ResourceCache, ResourceStore } from '@postern/store';
+import { modifyResource, type ResourceCache, type ResourceStore } from '@postern/store';
 
 export const controllerCacheKinds = ['Service', 'Session'] as const;
 
@@ -59,21 +59,14 @@ export class Controller {
 
   /** Gives a Service its address (v4 and v6 from one allocation) if its status lacks it. */
   private async ensureServiceAddress(name: string): Promise<void> {
-    for (let attempt = 0; attempt < 5; attempt++) {
-      const svc = await this.opts.store.get('Service', name);
-      if (!svc) return;
+    const updated = await modifyResource(this.opts.store, 'Service', name, async (svc) => {
       const offset = await this.opts.store.allocateAddress('service', svc.metadata.uid!, { first: 1, last: 65534, reserved: reservedOffsets.service });
       const want: Addresses = [{ dualStackIP: { ipv4: ipv4At('service', offset), ipv6: ipv6At(this.opts.ipv6Prefix, 'service', offset) } }];
       const have = (svc.status as { addresses?: Addresses } | undefined)?.addresses;
-      if (JSON.stringify(have) === JSON.stringify(want)) return;
-      try {
-        await this.opts.store.update({ ...svc, status: { ...svc.status, addresses: want } }, { ifVersion: svc.metadata.resourceVersion! });
-        this.opts.log?.('info', 'service address assigned', { service: name, ipv4: want[0]!.dualStackIP.ipv4 });
-        return;
-      } catch (err) {
-        if ((err as { code?: string }).code !== 'ERR_CONFLICT') throw err;
-      }
-    }
+      return JSON.stringify(have) === JSON.stringify(want) ? undefined : { ...svc, status: { ...svc.status, addresses: want } };
+    });
+    const ipv4 = (updated?.status as { addresses?: Addresses } | undefined)?.addresses?.[0]?.dualStackIP.ipv4;
+    if (ipv4) this.opts.log?.('info', 'service address assigned', { service: name, ipv4 });
   }
 
   /** Deletes sessions past their expiry (their peers and addresses go with them). */

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
-import { isPosternError } from '@postern/apis';
+import { isPosternError, type AnyResource } from '@postern/apis';
 import type { AuthServer } from '@postern/authserver';
 import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
 import type { ResourceCache } from '@postern/store';
@@ -111,9 +111,14 @@ export class ProxyCore {
     return svc?.spec.isPublic ? svc : undefined;
   }
 
+  /** The Device the caller's session runs on, if it names one. */
+  private deviceOf(caller: Caller | undefined): AnyResource | undefined {
+    const name = (caller?.session.status as { deviceRef?: { name?: string } } | undefined)?.deviceRef?.name;
+    return name ? this.opts.cache.get('Device', name) : undefined;
+  }
+
   private policiesFor(svc: CompiledService, caller: Caller | undefined): PolicySource[] {
     const cache = this.opts.cache;
-    const deviceName = (caller?.session.status as { deviceRef?: { name?: string } } | undefined)?.deviceRef?.name;
     return gatherPolicies(
       {
         clusterConfig: cache.get('ClusterConfig', 'default'),
@@ -122,7 +127,7 @@ export class ProxyCore {
         user: caller?.user,
         groups: caller?.groups ?? [],
         session: caller?.session,
-        device: deviceName ? cache.get('Device', deviceName) : undefined,
+        device: this.deviceOf(caller),
       },
       (name) => cache.get('Policy', name),
     ).policies;
@@ -130,10 +135,10 @@ export class ProxyCore {
 
   /** The CEL `ctx` for a request. */
   context(svc: CompiledService, caller: Caller | undefined, http: Record<string, unknown>): Record<string, unknown> {
-    const deviceName = (caller?.session.status as { deviceRef?: { name?: string } } | undefined)?.deviceRef?.name;
+    const device = this.deviceOf(caller);
     return {
       ...(caller ? { user: caller.user, groups: caller.groups, session: caller.session } : {}),
-      ...(deviceName ? { device: this.opts.cache.get('Device', deviceName) } : {}),
+      ...(device ? { device } : {}),
       service: svc.resource,
       namespace: this.opts.cache.get('Namespace', svc.namespace),
       request: { http },

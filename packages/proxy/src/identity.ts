@@ -26,6 +26,8 @@ export function plainIp(ip: string | undefined): string {
  */
 export class IdentityIndex {
   private readonly byIp = new Map<string, string>();
+  /** The addresses indexed for each session, so a change touches only that session's entries. */
+  private readonly bySession = new Map<string, string[]>();
   private readonly unsubscribe: () => void;
 
   constructor(private readonly cache: ResourceCache, private readonly auth: AuthServer) {
@@ -34,7 +36,9 @@ export class IdentityIndex {
       if (ev.type === 'RESYNC') return this.rebuild();
       if (ev.resource.kind !== 'Session') return;
       // Drop the session's old addresses, then add the current ones (if still connected).
-      for (const [ip, name] of this.byIp) if (name === ev.resource.metadata.name) this.byIp.delete(ip);
+      const name = ev.resource.metadata.name;
+      for (const ip of this.bySession.get(name) ?? []) if (this.byIp.get(ip) === name) this.byIp.delete(ip);
+      this.bySession.delete(name);
       if (ev.type !== 'DELETED') this.index(ev.resource);
     });
   }
@@ -42,11 +46,14 @@ export class IdentityIndex {
   private index(s: AnyResource): void {
     const st = s.status as { isConnected?: boolean; connection?: { addresses?: string[] } } | undefined;
     if (!st?.isConnected) return;
-    for (const a of st.connection?.addresses ?? []) this.byIp.set(plainIp(a.split('/')[0]), s.metadata.name);
+    const ips = (st.connection?.addresses ?? []).map((a) => plainIp(a.split('/')[0]));
+    for (const ip of ips) this.byIp.set(ip, s.metadata.name);
+    this.bySession.set(s.metadata.name, ips);
   }
 
   private rebuild(): void {
     this.byIp.clear();
+    this.bySession.clear();
     for (const s of this.cache.list('Session')) this.index(s);
   }
 

@@ -13,3 +13,4 @@ export { parseLabelSelector } from './labels.js';
 export { migrations } from './migrations.js';
 export { ResourceCache } from './cache.js';
 export { openStore, type OpenStoreOptions } from './open.js';
+export { modifyResource } from './modify.js';
