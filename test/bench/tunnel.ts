@@ -1,7 +1,8 @@
 /**
  * Tunnel benchmarks (issue: WireGuard overlay), on network namespaces, side by side in one run:
  *  - TCP throughput (iperf3) from client1 to the gateway host through the tunnel `postern connect`
- *    made, vs a wireguard-go tunnel set up by hand between the same namespaces. Target ≥ 95%.
+ *    made, vs a wireguard-go tunnel set up by hand between the same namespaces, each client-side
+ *    wireguard-go in the same kind of session as ours (see below). Target ≥ 95%.
  *  - Connect time: `postern connect -d` start → first HTTP response through the tunnel. ≤ 1.5 s.
  *  - 1,000 sessions connected through the API: time until the gateway has all peers, the gateway
  *    process's memory, and the identity lookup cost at 10 and at 1,000 sessions.
@@ -114,9 +115,17 @@ export async function tunnelBenchmarks(): Promise<BenchRow[]> {
     if (first.out !== '200') throw new Error(`first request answered ${first.out} ${first.err}`);
     rows.push({ name: 'connect time: `postern connect -d` start → first HTTP response through the tunnel', ours: `${(connectMs / 1000).toFixed(2)} s`, reference: '-', ratio: '-', target: '≤ 1.5 s', pass: connectMs <= 1500 });
 
-    // Throughput through our tunnel: iperf3 server on the gateway host, on the DNS's Service-range address.
+    // Throughput. The iperf3 server for ours listens on the gateway host on the DNS's Service-range
+    // address; the reference is a wireguard-go tunnel made by hand between the same namespaces.
+    //
+    // Where each client-side wireguard-go runs matters on Linux: with scheduler autogroups
+    // (kernel.sched_autogroup_enabled=1, the default) each session shares the CPU as one group.
+    // `postern connect -d` is a daemon in its own session (it must outlive the terminal and
+    // sudo's pty), so its wireguard-go gets its own group, while a wireguard-go started from the
+    // benchmark's shell shares a group with iperf3. Each row compares like with like: the daemon
+    // against a reference whose client wireguard-go is also in its own session (`setsid`), and a
+    // foreground `postern connect` against a reference started from the benchmark's session.
     iperfServers.push(topo.start(topo.gw, 'iperf3', ['-s', '-B', '100.64.0.53', '-p', '5201']));
-    // The reference: a wireguard-go tunnel made by hand between the same namespaces.
     const a = generateKeyPair();
     const b = generateKeyPair();
     const keyA = join(dir, 'a.key');
@@ -127,30 +136,47 @@ export async function tunnelBenchmarks(): Promise<BenchRow[]> {
     const refGw = `${topo.prefix}ra`;
     const refCl = `${topo.prefix}rb`;
     ok(await topo.run(topo.gw, 'wireguard-go', [refGw], { env }));
-    ok(await topo.run(topo.client1, 'wireguard-go', [refCl], { env }));
     ok(await topo.run(topo.gw, 'wg', ['set', refGw, 'private-key', keyA, 'listen-port', '53999', 'peer', b.publicKey, 'allowed-ips', '198.19.99.2/32']));
-    ok(await topo.run(topo.client1, 'wg', ['set', refCl, 'private-key', keyB, 'peer', a.publicKey, 'allowed-ips', '198.19.99.1/32', 'endpoint', '198.18.0.1:53999']));
     ok(await topo.run(topo.gw, 'ip', ['addr', 'add', '198.19.99.1/32', 'peer', '198.19.99.2/32', 'dev', refGw]));
-    ok(await topo.run(topo.client1, 'ip', ['addr', 'add', '198.19.99.2/32', 'peer', '198.19.99.1/32', 'dev', refCl]));
     ok(await topo.run(topo.gw, 'ip', ['link', 'set', refGw, 'mtu', '1280', 'up']));
-    ok(await topo.run(topo.client1, 'ip', ['link', 'set', refCl, 'mtu', '1280', 'up']));
     iperfServers.push(topo.start(topo.gw, 'iperf3', ['-s', '-B', '198.19.99.1', '-p', '5201']));
-    await new Promise((r) => setTimeout(r, 500));
-    // Interleaved, best of two each: one run of either can be unlucky on a shared machine.
-    let ref = 0;
-    let ours = 0;
-    for (let round = 0; round < 2; round++) {
-      ours = Math.max(ours, await iperf(topo, '100.64.0.53'));
-      ref = Math.max(ref, await iperf(topo, '198.19.99.1'));
-    }
-    rows.push({
-      name: 'TCP throughput client1 → gateway host through the tunnel (iperf3)',
-      ours: `${(ours / 1e9).toFixed(2)} Gbit/s`,
-      reference: `${(ref / 1e9).toFixed(2)} Gbit/s (wireguard-go tunnel set up by hand, same namespaces)`,
-      ratio: `${((ours / ref) * 100).toFixed(0)}%`,
-      target: '≥ 95%',
-      pass: ours >= 0.95 * ref,
+    const referenceClient = async (ownSession: boolean) => {
+      await topo.run(topo.client1, 'ip', ['link', 'del', refCl]);
+      ok(await topo.run(topo.client1, ...((ownSession ? ['setsid', ['-w', 'wireguard-go', refCl]] : ['wireguard-go', [refCl]]) as [string, string[]]), { env }));
+      ok(await topo.run(topo.client1, 'wg', ['set', refCl, 'private-key', keyB, 'peer', a.publicKey, 'allowed-ips', '198.19.99.1/32', 'endpoint', '198.18.0.1:53999']));
+      ok(await topo.run(topo.client1, 'ip', ['addr', 'add', '198.19.99.2/32', 'peer', '198.19.99.1/32', 'dev', refCl]));
+      ok(await topo.run(topo.client1, 'ip', ['link', 'set', refCl, 'mtu', '1280', 'up']));
+    };
+    /** Interleaved, best of two each: one run of either can be unlucky on a shared machine. */
+    const compare = async (name: string, reference: string) => {
+      await new Promise((r) => setTimeout(r, 500));
+      let ref = 0;
+      let ours = 0;
+      for (let round = 0; round < 2; round++) {
+        ours = Math.max(ours, await iperf(topo, '100.64.0.53'));
+        ref = Math.max(ref, await iperf(topo, '198.19.99.1'));
+      }
+      rows.push({ name, ours: `${(ours / 1e9).toFixed(2)} Gbit/s`, reference: `${(ref / 1e9).toFixed(2)} Gbit/s (${reference})`, ratio: `${((ours / ref) * 100).toFixed(0)}%`, target: '≥ 95%', pass: ours >= 0.95 * ref });
+    };
+    await referenceClient(true);
+    await compare('TCP throughput client1 → gateway host (iperf3), `postern connect -d`: client wireguard-go in its own session', 'hand-made wireguard-go tunnel, client wireguard-go started with `setsid`');
+    ok(await postern(topo.client1, 'ann', ['disconnect']));
+    const foreground = topo.start(topo.client1, process.execPath, [bin('postern'), '--domain', domain, 'connect', '--implementation', 'tun', '--interface', `${topo.prefix}c1`], { env: home('ann') });
+    await new Promise<void>((resolve, reject) => {
+      let said = '';
+      const seen = (d: Buffer) => {
+        said += d.toString();
+        if (said.includes('Connected to')) resolve();
+      };
+      foreground.stdout!.on('data', seen);
+      foreground.stderr!.on('data', seen);
+      foreground.once('exit', () => reject(new Error(`postern connect ended: ${said}`)));
     });
+    await referenceClient(false);
+    await compare('TCP throughput client1 → gateway host (iperf3), `postern connect` in the foreground: client wireguard-go in the caller\'s session', 'hand-made wireguard-go tunnel started from the same session');
+    const gone = new Promise((r) => foreground.once('exit', r));
+    foreground.kill('SIGTERM');
+    await gone;
 
     // 1,000 sessions connected through the API.
     const pid = posterndPid(topo);
@@ -179,20 +205,23 @@ export async function tunnelBenchmarks(): Promise<BenchRow[]> {
     const made = ok(await topo.run(topo.gw, process.execPath, ['--input-type=module', '-e', script], { timeoutMs: 300_000 }));
     const apiMs = (JSON.parse(made.out.trim().split('\n').at(-1)!) as { apiMs: number }).apiMs;
     let peers = 0;
-    while (performance.now() - tStart < 60_000) {
+    const apiDone = performance.now();
+    // No client tunnel is up any more: the gateway's peers are exactly these sessions.
+    while (performance.now() - tStart < 120_000) {
       peers = (await topo.run(topo.gw, 'wg', ['show', wgIface, 'peers'])).out.split('\n').filter(Boolean).length;
-      if (peers >= n + 1) break;
+      if (peers >= n) break;
       await new Promise((r) => setTimeout(r, 50));
     }
     const convergeMs = performance.now() - tStart;
+    const lagMs = performance.now() - apiDone;
     const rssAfter = rssKb(pid);
     rows.push({
       name: `${n} sessions connected through the API: all peers on the gateway`,
-      ours: `${(convergeMs / 1000).toFixed(2)} s for ${peers - 1} peers (API calls ${(apiMs / 1000).toFixed(2)} s)`,
+      ours: `${(convergeMs / 1000).toFixed(2)} s for ${peers} peers (API calls ${(apiMs / 1000).toFixed(2)} s; last peer ${Math.round(lagMs)} ms after the last Connect)`,
       reference: '-',
       ratio: '-',
       target: '(informative)',
-      pass: peers >= n + 1,
+      pass: peers >= n,
     });
     rows.push({
       name: `gateway process memory with ${n} more connected sessions (posternd: API, proxy, agent, DNS in one process)`,
@@ -212,7 +241,6 @@ export async function tunnelBenchmarks(): Promise<BenchRow[]> {
       target: 'independent of the number of sessions',
       pass: large / small < 2,
     });
-    await postern(topo.client1, 'ann', ['disconnect']);
     await gw.stop();
   } finally {
     for (const p of iperfServers) p.kill('SIGKILL');
