@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
 import { WireGuardInterface } from '@postern/gateway-agent';
 import type { ConnectState } from '@postern/apiserver';
-import { bringUp, clientInfo, generateKeyPair, isAlive, readTunnelState, tearDown, tunnelStateFile, wgQuickConfig, type TunnelState } from './tunnel.js';
+import { bringUp, chooseGateway, clientInfo, gatewayPeer, generateKeyPair, isAlive, readTunnelState, tearDown, tunnelStateFile, wgQuickConfig, writeTunnelState, type TunnelState } from './tunnel.js';
 import { resolve } from 'node:path';
 import { PosternError, isPosternError } from '@postern/apis';
 import { encodeYaml } from '@postern/apis';
@@ -126,7 +126,7 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
                 ['Groups', summary.groups.join(', ') || '-'],
                 ['Session', `${summary.session} (${summary.sessionType}), ends ${until(summary.sessionExpiresAt)}`],
                 ['Access token', `expires ${until(summary.accessTokenExpiresAt)}`],
-                ['Tunnel', summary.connected ? `up on ${summary.tunnel!.interface}: ${summary.tunnel!.addresses.join(', ')} via ${summary.tunnel!.gateway}` : 'not connected'],
+                ['Tunnel', summary.connected ? `up on ${summary.tunnel!.interface}: ${summary.tunnel!.addresses.join(', ')} via ${summary.tunnel!.gatewayName ? `gateway ${summary.tunnel!.gatewayName} (${summary.tunnel!.gateway})` : summary.tunnel!.gateway}` : 'not connected'],
                 ...(summary.connected
                   ? [['Handshake', summary.tunnel!.handshakeAgeSeconds === undefined ? 'none yet' : `${summary.tunnel!.handshakeAgeSeconds} s ago`], ['Traffic', `${summary.tunnel!.rxBytes} bytes in, ${summary.tunnel!.txBytes} bytes out`]]
                   : []),
@@ -174,8 +174,9 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
     .option('--tunnel-mode <mode>', 'wireguard or quic', 'wireguard')
     .option('--export-wireguard <file>', 'write a wg-quick configuration for a stock WireGuard client instead of creating the tunnel')
     .option('--interface <name>', 'WireGuard interface name (default: pst + a hash of the domain)')
+    .option('--gateway <name>', 'use this gateway (default: the cluster\'s choice for this session, moving to another when it goes away)')
     .option('--daemon-child', 'internal: the detached process of --detach')
-    .action(async (o: { detach?: boolean; implementation: string; dns: boolean; tunnelMode: string; exportWireguard?: string; daemonChild?: boolean; interface?: string }) => {
+    .action(async (o: { detach?: boolean; implementation: string; dns: boolean; tunnelMode: string; exportWireguard?: string; daemonChild?: boolean; interface?: string; gateway?: string }) => {
       const domain = resolveDomain(io, domainOf());
       if (o.tunnelMode !== 'wireguard') notImplemented(`tunnel mode ${o.tunnelMode}`, 'only wireguard is available');
       const impl = o.implementation === 'tun' ? 'userspace' : o.implementation === 'kernel' ? 'kernel' : 'auto';
@@ -217,7 +218,7 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
               gotFirst = true;
               return firstSeen(st);
             }
-            if (state) void new WireGuardInterface(state.iface).syncPeers(st.gateways.map((g) => ({ publicKey: g.publicKey, endpoint: g.endpoint, allowedIps: g.allowedIps, keepalive: st.keepaliveSeconds }))).catch(() => {});
+            if (state) void follow(st).catch((err: Error) => progress(`could not update the gateway: ${err.message}`));
           },
           (err) => {
             if (stopping) return;
@@ -237,18 +238,31 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
           },
         );
       };
+      // A later state may list other gateways: stay on ours while it is listed, else move.
+      const follow = async (st: ConnectState) => {
+        const s = state!;
+        const next = chooseGateway(st.gateways, { ...(o.gateway ? { pinned: o.gateway } : {}), ...(s.gatewayName ? { current: s.gatewayName } : {}) });
+        await new WireGuardInterface(s.iface).syncPeers([gatewayPeer(next, st.keepaliveSeconds)]);
+        if (next.name !== s.gatewayName || next.endpoint !== s.gateway) {
+          progress(`now through gateway ${next.name} (${next.endpoint}); was ${s.gatewayName ?? '?'} (${s.gateway ?? '?'})`);
+          s.gatewayName = next.name;
+          s.gateway = next.endpoint;
+          writeTunnelState(io, s);
+        }
+      };
       open();
       const st = await first;
+      const gateway = chooseGateway(st.gateways, o.gateway ? { pinned: o.gateway } : {});
       if (o.exportWireguard) {
         stopping = true;
         stream.cancel();
-        writeFileSync(resolve(io.cwd, o.exportWireguard), wgQuickConfig(st, keys.privateKey, { dns: o.dns }), { mode: 0o600 });
+        writeFileSync(resolve(io.cwd, o.exportWireguard), wgQuickConfig(st, gateway, keys.privateKey, { dns: o.dns }), { mode: 0o600 });
         io.out(`Wrote ${o.exportWireguard} for session ${st.session} (${st.addresses.join(', ')}). Bring it up with: wg-quick up ${o.exportWireguard}\n`);
         conn.close();
         return;
       }
       try {
-        state = await bringUp(io, domain, st, keys.privateKey, { implementation: impl, dns: o.dns, log: progress, ...(o.interface ? { iface: o.interface } : {}) });
+        state = await bringUp(io, domain, st, gateway, keys.privateKey, { implementation: impl, dns: o.dns, log: progress, ...(o.interface ? { iface: o.interface } : {}) });
       } catch (err) {
         stopping = true;
         stream.cancel();
@@ -258,7 +272,7 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
         conn.close();
         throw err;
       }
-      io.out(`Connected to ${domain}: ${st.addresses.join(', ')} via ${state.gateway} (interface ${state.iface}).\n`);
+      io.out(`Connected to ${domain}: ${st.addresses.join(', ')} via gateway ${gateway.name} (${state.gateway}, interface ${state.iface}).\n`);
       try {
         const services = await conn.call((c) => c.listServices());
         if (services.length) io.out(`You can reach:\n${services.map((x) => `  http://${x.privateHostname}${x.port && x.port !== 80 ? `:${x.port}` : ''}/`).join('\n')}\n`);
@@ -329,7 +343,7 @@ async function detach(io: Io, domain: string, argv: readonly string[], progress:
   for (let i = 0; i < 300; i++) {
     const st = readTunnelState(io, domain);
     if (st?.up && st.pid === child.pid) {
-      io.out(`Connected to ${domain} in the background (pid ${child.pid}): ${st.addresses.join(', ')} via ${st.gateway}. Log: ${logFile}\n`);
+      io.out(`Connected to ${domain} in the background (pid ${child.pid}): ${st.addresses.join(', ')} via gateway ${st.gatewayName ?? '?'} (${st.gateway}). Log: ${logFile}\n`);
       return;
     }
     if (exited) break;
@@ -341,7 +355,7 @@ async function detach(io: Io, domain: string, argv: readonly string[], progress:
 }
 
 /** The local tunnel as `wg` sees it, for `postern status`. */
-async function tunnelSummary(io: Io, domain: string): Promise<{ connected: boolean; tunnel?: { interface: string; addresses: string[]; gateway: string; handshakeAgeSeconds?: number; rxBytes: number; txBytes: number } }> {
+async function tunnelSummary(io: Io, domain: string): Promise<{ connected: boolean; tunnel?: { interface: string; addresses: string[]; gateway: string; gatewayName?: string; handshakeAgeSeconds?: number; rxBytes: number; txBytes: number } }> {
   const st = readTunnelState(io, domain);
   if (!st?.up || !isAlive(st.pid)) return { connected: false };
   let rx = 0;
@@ -359,7 +373,7 @@ async function tunnelSummary(io: Io, domain: string): Promise<{ connected: boole
   }
   return {
     connected: true,
-    tunnel: { interface: st.iface, addresses: st.addresses, gateway: st.gateway ?? '', ...(handshake ? { handshakeAgeSeconds: Math.max(0, Math.round(Date.now() / 1000 - handshake)) } : {}), rxBytes: rx, txBytes: tx },
+    tunnel: { interface: st.iface, addresses: st.addresses, gateway: st.gateway ?? '', ...(st.gatewayName ? { gatewayName: st.gatewayName } : {}), ...(handshake ? { handshakeAgeSeconds: Math.max(0, Math.round(Date.now() / 1000 - handshake)) } : {}), rxBytes: rx, txBytes: tx },
   };
 }
 

@@ -43,6 +43,12 @@ function nextSteps(domain: string, address: string, token: string | undefined, f
 }
 
 /** `posternd`: runs the server components (all in one process with `up`, or one alone). */
+function positiveNumber(flag: string, value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n <= 0) throw new PosternError('ERR_USAGE', `${flag} must be a positive number of seconds, not "${value}"`);
+  return n;
+}
+
 export async function main(argv: readonly string[], io: Io, onStarted?: (stop: () => Promise<void>) => void): Promise<number> {
   const p = program('posternd', 'Postern server: the control plane and, later, the gateway.', io);
   const storeFlags = (c: ReturnType<typeof p.command>) =>
@@ -74,8 +80,9 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       .option('--wg-interface <name>', 'WireGuard interface name (unique on the host)', 'pstgw0')
       .option('--wg-port <port>', 'WireGuard UDP port', '53820')
       .option('--implementation <kind>', 'kernel, userspace (wireguard-go) or auto', 'auto')
-      .option('--dns-forwarder <addresses...>', 'resolvers for names outside local.<domain>'),
-  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string; publicPlaintext?: boolean; gatewayEndpoint?: string; gatewayName?: string; wgInterface: string; wgPort: string; implementation: string; dnsForwarder?: string[] }) => {
+      .option('--dns-forwarder <addresses...>', 'resolvers for names outside local.<domain>')
+      .option('--gateway-heartbeat <seconds>', 'how often this gateway tells the cluster it is alive; clients leave a gateway silent for 3 beats', '10'),
+  ).action(async (o: { domain?: string; data?: string; database?: string; listen: string; publicListen: string; publicPlaintext?: boolean; gatewayEndpoint?: string; gatewayName?: string; wgInterface: string; wgPort: string; implementation: string; dnsForwarder?: string[]; gatewayHeartbeat: string }) => {
     const cluster = await startCluster({
       ...(o.domain ? { domain: o.domain } : {}),
       dataDir: resolve(io.cwd, o.data ?? '.postern'),
@@ -91,6 +98,7 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
               interfaceName: o.wgInterface,
               listenPort: Number(o.wgPort),
               implementation: o.implementation as 'auto' | 'kernel' | 'userspace',
+              heartbeatSeconds: positiveNumber('--gateway-heartbeat', o.gatewayHeartbeat),
               ...(o.dnsForwarder ? { dnsForwarders: [o.dnsForwarder].flat() } : {}),
             },
           }

@@ -20,7 +20,9 @@ export interface TunnelState {
   /** The exact bytes of /etc/resolv.conf before we touched it. */
   resolvConfBackup?: string;
   resolvConfPath?: string;
+  /** The gateway's endpoint, and its name. */
   gateway?: string;
+  gatewayName?: string;
   session: string;
   startedAt: string;
   up: boolean;
@@ -68,14 +70,37 @@ export function interfaceName(io: Io, domain: string): string {
   return `pst${createHash('sha256').update(`${configDir(io)}|${domain}`).digest('hex').slice(0, 8)}`;
 }
 
-/** A standard wg-quick configuration for the session: a stock WireGuard client can use it. */
-export function wgQuickConfig(state: ConnectState, privateKey: string, opts: { dns: boolean }): string {
+type Gateway = ConnectState['gateways'][number];
+
+/**
+ * The one gateway the tunnel uses (every gateway serves every Service, and their AllowedIPs are
+ * the same cluster ranges, so a client has one peer). The cluster lists gateways in this session's
+ * order of preference, live ones first. A pinned gateway (`--gateway NAME`) is used while listed;
+ * otherwise the current one stays while it is listed, so a gateway joining moves nobody.
+ */
+export function chooseGateway(gateways: readonly Gateway[], opts: { pinned?: string; current?: string } = {}): Gateway {
+  const named = (name?: string) => (name ? gateways.find((g) => g.name === name) : undefined);
+  if (opts.pinned) {
+    const g = named(opts.pinned);
+    if (g) return g;
+    if (!opts.current) throw new PosternError('ERR_NOT_FOUND', `no gateway named "${opts.pinned}"; the cluster has: ${gateways.map((x) => x.name).join(', ') || 'none'}`);
+  }
+  const g = named(opts.current) ?? gateways[0];
+  if (!g) throw new PosternError('ERR_STORE_UNAVAILABLE', 'the cluster has no gateway yet: start one (posternd up --gateway-endpoint …)');
+  return g;
+}
+
+/** A standard wg-quick configuration for the session through one gateway: a stock WireGuard client can use it. */
+export function wgQuickConfig(state: ConnectState, gateway: Gateway, privateKey: string, opts: { dns: boolean }): string {
   const lines = ['# Postern session ' + state.session + ' on ' + state.domain, '[Interface]', `PrivateKey = ${privateKey}`, `Address = ${state.addresses.join(', ')}`, `MTU = ${state.mtu}`];
   if (opts.dns && state.dnsServers.length) lines.push(`DNS = ${[...state.dnsServers, `local.${state.domain}`].join(', ')}`);
-  for (const g of state.gateways) {
-    lines.push('', `# gateway ${g.name}`, '[Peer]', `PublicKey = ${g.publicKey}`, `Endpoint = ${g.endpoint}`, `AllowedIPs = ${g.allowedIps.join(', ')}`, `PersistentKeepalive = ${state.keepaliveSeconds}`);
-  }
+  lines.push('', `# gateway ${gateway.name}`, '[Peer]', `PublicKey = ${gateway.publicKey}`, `Endpoint = ${gateway.endpoint}`, `AllowedIPs = ${gateway.allowedIps.join(', ')}`, `PersistentKeepalive = ${state.keepaliveSeconds}`);
   return `${lines.join('\n')}\n`;
+}
+
+/** The WireGuard peer for a gateway. */
+export function gatewayPeer(g: Gateway, keepaliveSeconds: number) {
+  return { publicKey: g.publicKey, endpoint: g.endpoint, allowedIps: g.allowedIps, keepalive: keepaliveSeconds };
 }
 
 function resolvedAvailable(): boolean {
@@ -87,21 +112,19 @@ function resolvedAvailable(): boolean {
  * ranges only (no default route), DNS for `local.<domain>`. Records every step in the state file
  * first, so a crash at any point can be undone by the next connect or disconnect.
  */
-export async function bringUp(io: Io, domain: string, st: ConnectState, privateKey: string, opts: { implementation: Implementation | 'auto'; dns: boolean; log: (s: string) => void; iface?: string }): Promise<TunnelState> {
+export async function bringUp(io: Io, domain: string, st: ConnectState, gw: Gateway, privateKey: string, opts: { implementation: Implementation | 'auto'; dns: boolean; log: (s: string) => void; iface?: string }): Promise<TunnelState> {
   if (process.getuid?.() !== 0) {
     throw new PosternError('ERR_USAGE', 'creating a tunnel needs root (run with sudo), or use --export-wireguard FILE for a stock WireGuard client');
   }
-  const gw = st.gateways[0];
-  if (!gw) throw new PosternError('ERR_STORE_UNAVAILABLE', 'the cluster has no gateway yet: start one (posternd up --gateway-endpoint …)');
   const iface = opts.iface ?? interfaceName(io, domain);
-  const routes = [...new Set(st.gateways.flatMap((g) => g.allowedIps))];
-  const state: TunnelState = { domain, pid: process.pid, iface, addresses: st.addresses, routes, dns: 'none', session: st.session, gateway: gw.endpoint, startedAt: new Date().toISOString(), up: false };
+  const routes = [...new Set(gw.allowedIps)];
+  const state: TunnelState = { domain, pid: process.pid, iface, addresses: st.addresses, routes, dns: 'none', session: st.session, gateway: gw.endpoint, gatewayName: gw.name, startedAt: new Date().toISOString(), up: false };
   writeTunnelState(io, state);
   const wg = new WireGuardInterface(iface);
   opts.log(`creating interface ${iface}`);
   await wg.create(opts.implementation);
   await wg.configure({ privateKey, mtu: st.mtu, addresses: st.addresses });
-  await wg.syncPeers(st.gateways.map((g) => ({ publicKey: g.publicKey, endpoint: g.endpoint, allowedIps: g.allowedIps, keepalive: st.keepaliveSeconds })));
+  await wg.syncPeers([gatewayPeer(gw, st.keepaliveSeconds)]);
   for (const r of routes) await wg.route(r);
   if (opts.dns && st.dnsServers.length) {
     if (resolvedAvailable()) {

@@ -1,12 +1,14 @@
 import { chmodSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { clusterCidrV6, poolCidrV4 } from '@postern/apis';
-import type { ResourceCache, ResourceStore } from '@postern/store';
+import { modifyResource, type ResourceCache, type ResourceStore } from '@postern/store';
 import { desiredPeers } from './peers.js';
 import { WireGuardInterface, generateKeyPair, publicKeyOf, runTool, type Implementation } from './wireguard.js';
 
 export const defaultListenPort = 53820;
 export const defaultMtu = 1280;
+/** How often a gateway says it is alive (Gateway `status.lastSeenAt`); clients leave one silent for 3 beats. */
+export const defaultHeartbeatSeconds = 10;
 /** Kinds the agent reads. */
 export const agentCacheKinds = ['Session', 'User', 'Gateway'] as const;
 
@@ -26,6 +28,8 @@ export interface GatewayAgentOptions {
   listenPort?: number;
   mtu?: number;
   implementation?: Implementation | 'auto';
+  /** Seconds between heartbeats; default 10. */
+  heartbeatSeconds?: number;
   log?: (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => void;
   now?: () => Date;
 }
@@ -39,6 +43,7 @@ export class GatewayAgent {
   readonly wg: WireGuardInterface;
   private unsubscribe: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
   private expiryTimer: NodeJS.Timeout | undefined;
   private running: Promise<void> | undefined;
   private again = false;
@@ -86,11 +91,21 @@ export class GatewayAgent {
     // A safety net: catches anything a missed event would leave (and clock-based expiry).
     this.timer = setInterval(() => this.schedule(), 5000);
     this.timer.unref();
+    // Other gateways and the API tell live gateways from gone ones by this beat.
+    this.heartbeat = setInterval(() => void this.beat(), this.heartbeatSeconds * 1000);
+    this.heartbeat.unref();
     this.log('info', 'gateway agent up', { name: this.opts.name, interface: this.wg.name, implementation: impl, publicKey: this.publicKey });
+  }
+
+  private get heartbeatSeconds(): number {
+    return this.opts.heartbeatSeconds ?? defaultHeartbeatSeconds;
   }
 
   private async register(): Promise<void> {
     const status = {
+      state: 'READY',
+      lastSeenAt: this.now().toISOString(),
+      heartbeatSeconds: this.heartbeatSeconds,
       hostname: this.opts.name,
       publicIPs: [this.opts.endpoint],
       cidr: { v4: '100.64.0.0/10', v6: clusterCidrV6(this.opts.ipv6Prefix) },
@@ -105,6 +120,15 @@ export class GatewayAgent {
       } catch (err) {
         if (attempt === 4) throw err;
       }
+    }
+  }
+
+  /** Records that this gateway is alive (or, when closing, that it is gone). Best effort: the next beat retries. */
+  private async beat(state: 'READY' | 'DOWN' = 'READY'): Promise<void> {
+    try {
+      await modifyResource(this.opts.store, 'Gateway', this.opts.name, (g) => ({ ...g, status: { ...g.status, state, lastSeenAt: this.now().toISOString() } }));
+    } catch (err) {
+      this.log('warn', 'gateway heartbeat failed', { err: (err as Error).message });
     }
   }
 
@@ -145,13 +169,18 @@ export class GatewayAgent {
     }
   }
 
-  /** Stops following the store. The interface stays (with its peers) unless `destroy` is set. */
+  /**
+   * Stops following the store and marks this gateway DOWN, so clients with another gateway move
+   * there. The interface stays (with its peers, so a restart drops no tunnel) unless `destroy` is set.
+   */
   async close(opts: { destroy?: boolean } = {}): Promise<void> {
     this.closed = true;
     this.unsubscribe?.();
     if (this.timer) clearInterval(this.timer);
+    if (this.heartbeat) clearInterval(this.heartbeat);
     if (this.expiryTimer) clearTimeout(this.expiryTimer);
     await this.running;
+    if (this.publicKey) await this.beat('DOWN');
     if (opts.destroy) await this.wg.destroy();
   }
 }

@@ -22,25 +22,32 @@ export const originalResolvConf = '# client resolver, set by the test topology\n
 /**
  * Test hosts made of network namespaces (DESIGN.md §7): `gw` with a bridge as the LAN that
  * `client1` and `client2` plug into (198.18.0.0/24, a benchmarking range), and `upstream` on its
- * own link from gw (198.18.9.0/24). Every namespace gets its own resolv.conf. `destroy()` kills
- * every process in the namespaces and deletes them, also after a failure.
+ * own link from gw (198.18.9.0/24). With `secondGateway`, a `gw2` host joins the LAN
+ * (198.18.0.2) and reaches the upstream through gw, which forwards. Every namespace gets its own
+ * resolv.conf. `destroy()` kills every process in the namespaces and deletes them, also after a failure.
  */
 export class Topology {
   readonly gw: Host;
   readonly client1: Host;
   readonly client2: Host;
   readonly upstream: Host;
+  readonly gw2: Host | undefined;
   private readonly procs = new Set<ChildProcess>();
 
-  private constructor(readonly prefix: string) {
+  private constructor(readonly prefix: string, secondGateway: boolean) {
     this.gw = { ns: `${prefix}-gw`, ip: '198.18.0.1' };
     this.client1 = { ns: `${prefix}-c1`, ip: '198.18.0.11' };
     this.client2 = { ns: `${prefix}-c2`, ip: '198.18.0.12' };
     this.upstream = { ns: `${prefix}-up`, ip: '198.18.9.2' };
+    this.gw2 = secondGateway ? { ns: `${prefix}-g2`, ip: '198.18.0.2' } : undefined;
   }
 
-  static create(): Topology {
-    const t = new Topology(`pt${randomBytes(2).toString('hex')}`);
+  private get hosts(): Host[] {
+    return [this.gw, this.client1, this.client2, this.upstream, ...(this.gw2 ? [this.gw2] : [])];
+  }
+
+  static create(opts: { secondGateway?: boolean } = {}): Topology {
+    const t = new Topology(`pt${randomBytes(2).toString('hex')}`, !!opts.secondGateway);
     try {
       t.build();
     } catch (err) {
@@ -52,7 +59,7 @@ export class Topology {
 
   private build(): void {
     const p = this.prefix;
-    for (const h of [this.gw, this.client1, this.client2, this.upstream]) {
+    for (const h of this.hosts) {
       sh('ip', ['netns', 'add', h.ns]);
       sh('ip', ['-n', h.ns, 'link', 'set', 'lo', 'up']);
       mkdirSync(`/etc/netns/${h.ns}`, { recursive: true });
@@ -61,7 +68,7 @@ export class Topology {
     sh('ip', ['-n', this.gw.ns, 'link', 'add', 'br0', 'type', 'bridge']);
     sh('ip', ['-n', this.gw.ns, 'addr', 'add', `${this.gw.ip}/24`, 'dev', 'br0']);
     sh('ip', ['-n', this.gw.ns, 'link', 'set', 'br0', 'up']);
-    for (const [i, c] of [this.client1, this.client2].entries()) {
+    for (const [i, c] of [this.client1, this.client2, ...(this.gw2 ? [this.gw2] : [])].entries()) {
       const a = `${p}c${i}a`;
       const b = `${p}c${i}b`;
       sh('ip', ['link', 'add', a, 'type', 'veth', 'peer', 'name', b]);
@@ -80,6 +87,11 @@ export class Topology {
     sh('ip', ['-n', this.upstream.ns, 'link', 'set', `${p}ub`, 'name', 'eth0']);
     sh('ip', ['-n', this.upstream.ns, 'addr', 'add', `${this.upstream.ip}/24`, 'dev', 'eth0']);
     sh('ip', ['-n', this.upstream.ns, 'link', 'set', 'eth0', 'up']);
+    if (this.gw2) {
+      sh('ip', ['netns', 'exec', this.gw.ns, 'sysctl', '-q', '-w', 'net.ipv4.ip_forward=1']);
+      sh('ip', ['-n', this.gw2.ns, 'route', 'add', '198.18.9.0/24', 'via', this.gw.ip]);
+      sh('ip', ['-n', this.upstream.ns, 'route', 'add', '198.18.0.0/24', 'via', '198.18.9.1']);
+    }
   }
 
   /** Runs a command in a namespace to completion. */
@@ -110,7 +122,7 @@ export class Topology {
 
   destroy(): void {
     for (const proc of this.procs) proc.kill('SIGKILL');
-    for (const h of [this.gw, this.client1, this.client2, this.upstream]) {
+    for (const h of this.hosts) {
       // Everything still running in the namespace (wireguard-go daemons, detached connects).
       const pids = sh('ip', ['netns', 'pids', h.ns], { allowFail: true }).split('\n').filter(Boolean);
       for (const pid of pids) {

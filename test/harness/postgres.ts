@@ -1,5 +1,5 @@
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
-import { chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { appendFileSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,13 +58,21 @@ export class TestPostgres {
     private readonly user: { uid: number; gid: number } | undefined,
     /** Run the server inside this network namespace (it is then reachable only from there). */
     readonly netns?: string,
+    /** Also listen on this address, trusting clients from `allow` (other test hosts). */
+    private readonly lan?: { address: string; allow: string },
   ) {}
 
   get url(): string {
     return `postgres://postgres@127.0.0.1:${this.port}/postgres`;
   }
 
-  static async create(opts: { netns?: string } = {}): Promise<TestPostgres> {
+  /** The URL other hosts use (needs `lan`). */
+  get lanUrl(): string {
+    if (!this.lan) throw new Error('this test PostgreSQL listens on loopback only (create it with lan)');
+    return `postgres://postgres@${this.lan.address}:${this.port}/postgres`;
+  }
+
+  static async create(opts: { netns?: string; lan?: { address: string; allow: string } } = {}): Promise<TestPostgres> {
     const bin = pgBinDir();
     const user = serverUser();
     const dir = mkdtempSync(join(tmpdir(), 'postern-pg-'));
@@ -74,13 +82,14 @@ export class TestPostgres {
       stdio: 'pipe',
       ...(user ?? {}),
     });
-    const pgSrv = new TestPostgres(dir, await freePort(), bin, user, opts.netns);
+    if (opts.lan) appendFileSync(join(data, 'pg_hba.conf'), `host all all ${opts.lan.allow} trust\n`);
+    const pgSrv = new TestPostgres(dir, await freePort(), bin, user, opts.netns, opts.lan);
     await pgSrv.start();
     return pgSrv;
   }
 
   async start(): Promise<void> {
-    const args = ['-D', join(this.dir, 'data'), '-p', String(this.port), '-k', this.dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200'];
+    const args = ['-D', join(this.dir, 'data'), '-p', String(this.port), '-k', this.dir, '-c', `listen_addresses=${['127.0.0.1', ...(this.lan ? [this.lan.address] : [])].join(',')}`, '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off', '-c', 'max_connections=200'];
     // In a namespace: `ip netns exec` then `setpriv` (both exec, so the pid is the server's and
     // signals reach it directly).
     const proc = this.netns

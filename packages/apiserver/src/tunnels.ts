@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import { PosternError, clusterCidrV4, clusterCidrV6, dnsOffset, ipv4At, ipv6At, reservedOffsets, type AnyResource } from '@postern/apis';
 import type { Identity } from '@postern/authserver';
 import { modifyResource, type ResourceCache, type ResourceStore } from '@postern/store';
@@ -24,14 +25,27 @@ export interface ConnectState {
 export class Tunnels {
   constructor(private readonly store: ResourceStore, private readonly cache: ResourceCache, private readonly domain: string, private readonly ipv6Prefix: string, private readonly now: () => Date) {}
 
+  /**
+   * The state a client needs. Gateways come in the order the client should prefer them: the live
+   * ones (READY and heard from within 3 heartbeats) first, each session's order its own (a
+   * rendezvous hash of session and gateway), so sessions spread over gateways and a gateway that
+   * comes or goes moves only its share. Gateways that are down are listed only when none is live:
+   * a single gateway restarting does not take the tunnel away.
+   */
   state(session: AnyResource, addresses: string[]): ConnectState {
     const allowedIps = [clusterCidrV4, clusterCidrV6(this.ipv6Prefix)];
-    const gateways = this.cache.list('Gateway').flatMap((g) => {
-      const st = (g.status ?? {}) as { wireguard?: { publicKey?: string; port?: number }; publicIPs?: string[] };
+    const now = this.now().getTime();
+    const all = this.cache.list('Gateway').flatMap((g) => {
+      const st = (g.status ?? {}) as { wireguard?: { publicKey?: string; port?: number }; publicIPs?: string[]; state?: string; lastSeenAt?: string; heartbeatSeconds?: number };
       const host = st.publicIPs?.[0];
       if (!st.wireguard?.publicKey || !host) return [];
-      return [{ name: g.metadata.name, publicKey: st.wireguard.publicKey, endpoint: `${host.includes(':') ? `[${host}]` : host}:${st.wireguard.port ?? 53820}`, allowedIps }];
+      const silentMs = st.lastSeenAt ? now - Date.parse(st.lastSeenAt) : 0;
+      const live = st.state !== 'DOWN' && silentMs <= 3 * (st.heartbeatSeconds ?? 10) * 1000;
+      const rank = createHash('sha256').update(`${session.metadata.uid}/${g.metadata.name}`).digest('hex');
+      return [{ live, rank, gateway: { name: g.metadata.name, publicKey: st.wireguard.publicKey, endpoint: `${host.includes(':') ? `[${host}]` : host}:${st.wireguard.port ?? 53820}`, allowedIps } }];
     });
+    const live = all.filter((g) => g.live);
+    const gateways = (live.length ? live : all).sort((a, b) => (a.rank < b.rank ? -1 : 1)).map((g) => g.gateway);
     return {
       addresses,
       gateways,

@@ -15,6 +15,8 @@ export interface GatewayOptions {
   implementation?: Implementation | 'auto';
   /** Resolvers for names outside `local.<domain>`, `ip[:port]`. */
   dnsForwarders?: string[];
+  /** Seconds between the agent's heartbeats (default 10). */
+  heartbeatSeconds?: number;
   /** Where the DNS listens; default port 53 on the DNS address of the Service range. */
   dnsPort?: number;
 }
@@ -52,6 +54,7 @@ export class GatewayHost {
       ...(opts.interfaceName ? { interfaceName: opts.interfaceName } : {}),
       ...(opts.listenPort ? { listenPort: opts.listenPort } : {}),
       ...(opts.implementation ? { implementation: opts.implementation } : {}),
+      ...(opts.heartbeatSeconds ? { heartbeatSeconds: opts.heartbeatSeconds } : {}),
       log,
     });
     this.dns = new DnsServer({

@@ -23,6 +23,11 @@ export const ConfigSpec = z.strictObject({
 
 export const GatewaySpec = z.strictObject({});
 export const GatewayStatus = z.looseObject({
+  /** READY while its agent runs; DOWN once it stopped cleanly. */
+  state: z.enum(['READY', 'DOWN']).optional(),
+  /** The agent's last heartbeat; a gateway silent for 3 heartbeats is treated as gone. */
+  lastSeenAt: z.string().optional(),
+  heartbeatSeconds: z.number().optional(),
   regionRef: z.looseObject({ name: z.string() }).optional(),
   hostname: z.string().optional(),
   publicIPs: z.array(z.string()).optional(),
