@@ -206,7 +206,7 @@ export function storeConformance(name: string, make: () => Promise<StoreUnderTes
       assert.equal((await c.finished)[0]?.resource.metadata.name, 'c-3');
     });
 
-    it('allocates addresses race-free: distinct under concurrency, stable per owner, reserved skipped', async () => {
+    it('allocates addresses race-free: distinct under concurrency, stable per owner, reserved skipped, freed ones reused only after the range wraps', async () => {
       const range = { first: 1, last: 300, reserved: [53] };
       const owners = Array.from({ length: 120 }, (_, i) => `owner-${i}`);
       const offsets = await Promise.all(owners.map((o) => store.allocateAddress('test-pool', o, range)));
@@ -215,11 +215,13 @@ export function storeConformance(name: string, make: () => Promise<StoreUnderTes
       assert.ok(offsets.every((o) => o >= 1 && o <= 300));
       assert.equal(await store.allocateAddress('test-pool', 'owner-7', range), offsets[7], 'the same owner keeps its address');
       await store.releaseAddresses('owner-7');
-      assert.equal(await store.allocateAddress('test-pool', 'newcomer', range), offsets[7], 'a freed address is reused, lowest first');
-      const tiny = { first: 1, last: 2, reserved: [] };
-      await store.allocateAddress('tiny', 'a', tiny);
-      await store.allocateAddress('tiny', 'b', tiny);
-      await expectCode(store.allocateAddress('tiny', 'c', tiny), 'ERR_IN_USE');
+      const top = Math.max(...offsets);
+      assert.equal(await store.allocateAddress('test-pool', 'newcomer', range), top + 1, 'a freed address is not handed out again before the range wraps');
+      const small = { first: 1, last: 4, reserved: [2] };
+      assert.deepEqual([await store.allocateAddress('small', 'a', small), await store.allocateAddress('small', 'b', small), await store.allocateAddress('small', 'c', small)], [1, 3, 4], 'the reserved offset is skipped');
+      await store.releaseAddresses('a');
+      assert.equal(await store.allocateAddress('small', 'd', small), 1, 'after the top, the lowest freed address is reused');
+      await expectCode(store.allocateAddress('small', 'e', small), 'ERR_IN_USE');
     });
 
     it('keeps internal data apart from resources', async () => {

@@ -351,10 +351,34 @@ export class SqlStore implements ResourceStore {
             [pool, [...range.reserved]],
           );
         }
-        // The lowest free offset: the first one, or the one after an allocated offset whose
-        // successor is free. Index lookups over the allocated rows, not a scan of the range.
+        // Next fit: the first free offset after the highest one in use (an index lookup from the
+        // top, so allocating stays cheap however many are taken), and an address given back is
+        // not handed to someone else until the range has wrapped — a late packet or cached DNS
+        // answer for it cannot reach a new owner. Once the top is reached, the lowest free gap.
         // Two allocators may pick the same offset: the primary key lets one win, the other finds
         // nothing inserted and tries again.
+        const [top] = await this.driver.query<{ s: number }>(
+          `SELECT COALESCE((SELECT address_offset + 1 FROM postern_addresses
+                             WHERE pool = $1 AND address_offset BETWEEN $2 AND $3 AND owner NOT LIKE '(reserved:%'
+                             ORDER BY address_offset DESC LIMIT 1), $2::int) AS s`,
+          [pool, range.first, range.last],
+        );
+        const start = Number(top!.s);
+        if (start <= range.last) {
+          // Above the highest address in use only reserved offsets can be taken: skip them.
+          const [next] = await this.driver.query<{ o: number }>(
+            `INSERT INTO postern_addresses (pool, address_offset, owner)
+             SELECT $1, c, $2 FROM generate_series($3::int, LEAST($4::int, $3::int + 63)) c
+              WHERE NOT EXISTS (SELECT 1 FROM postern_addresses WHERE pool = $1 AND address_offset = c)
+              ORDER BY c LIMIT 1
+             ON CONFLICT DO NOTHING RETURNING address_offset AS o`,
+            [pool, owner, start, range.last],
+          );
+          if (next) return Number(next.o);
+          continue;
+        }
+        // Wrapped: the lowest free offset — the first one, or the one after an allocated offset
+        // whose successor is free (index lookups over the allocated rows, not a scan of the range).
         const [row] = await this.driver.query<{ o: number }>(
           `INSERT INTO postern_addresses (pool, address_offset, owner)
              SELECT $1, c, $2 FROM (
