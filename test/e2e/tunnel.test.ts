@@ -93,7 +93,7 @@ spec:
     await pgSrv?.stop();
     topo?.destroy();
     rmSync(`/var/run/wireguard/${wgIface}.sock`, { force: true });
-    for (const i of ['pstc1', 'pstc2', 'pstq1']) rmSync(`/var/run/wireguard/${topo?.prefix}${i}.sock`, { force: true });
+    for (const i of ['c1', 'c2', 'q1']) rmSync(`/var/run/wireguard/${topo?.prefix}${i}.sock`, { force: true });
     await pgSrv?.destroy();
     rmSync(dir, { recursive: true, force: true });
   });
