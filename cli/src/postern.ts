@@ -238,9 +238,15 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
           },
         );
       };
-      // A later state may list other gateways: stay on ours while it is listed, else move.
+      // A later state may list other gateways (stay on ours while it is listed, else move) or
+      // other Services the session may reach (say so).
+      let reachable = new Set<string>();
       const follow = async (st: ConnectState) => {
         const s = state!;
+        const now = new Set(st.services.map(serviceUrl));
+        for (const u of now) if (!reachable.has(u)) progress(`now reachable: ${u}`);
+        for (const u of reachable) if (!now.has(u)) progress(`no longer reachable: ${u}`);
+        reachable = now;
         const next = chooseGateway(st.gateways, { ...(o.gateway ? { pinned: o.gateway } : {}), ...(s.gatewayName ? { current: s.gatewayName } : {}) });
         await new WireGuardInterface(s.iface).syncPeers([gatewayPeer(next, st.keepaliveSeconds)]);
         if (next.name !== s.gatewayName || next.endpoint !== s.gateway) {
@@ -273,12 +279,9 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
         throw err;
       }
       io.out(`Connected to ${domain}: ${st.addresses.join(', ')} via gateway ${gateway.name} (${state.gateway}, interface ${state.iface}).\n`);
-      try {
-        const services = await conn.call((c) => c.listServices());
-        if (services.length) io.out(`You can reach:\n${services.map((x) => `  http://${x.privateHostname}${x.port && x.port !== 80 ? `:${x.port}` : ''}/`).join('\n')}\n`);
-      } catch {
-        // The list is a courtesy; the tunnel is up either way.
-      }
+      if (st.services.length) io.out(`You can reach:\n${st.services.map((x) => `  ${serviceUrl(x)}`).join('\n')}\n`);
+      else io.out('No Services you may reach yet.\n');
+      reachable = new Set(st.services.map(serviceUrl));
       const onSignal = () => resolveEnd(0);
       process.once('SIGINT', onSignal);
       process.once('SIGTERM', onSignal);
@@ -331,6 +334,13 @@ export async function main(argv: readonly string[], io: Io): Promise<number> {
  * `connect -d`: starts this same command again as a detached process and waits until its
  * tunnel is up (or it failed), then returns; the process keeps the tunnel until `disconnect`.
  */
+/** How a user reaches a Service through the tunnel. */
+function serviceUrl(s: { privateHostname: string; port: number; mode: string }): string {
+  // gRPC clients (grpcurl, grpc-js) take host:port.
+  if (s.mode === 'GRPC') return `${s.privateHostname}:${s.port || 80}`;
+  return `http://${s.privateHostname}${s.port && s.port !== 80 ? `:${s.port}` : ''}/`;
+}
+
 async function detach(io: Io, domain: string, argv: readonly string[], progress: (s: string) => void): Promise<void> {
   const logFile = `${configDir(io)}/tunnels/${domain}.log`;
   mkdirSync(`${configDir(io)}/tunnels`, { recursive: true, mode: 0o700 });

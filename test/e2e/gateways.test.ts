@@ -127,6 +127,20 @@ spec:
     assert.match(status.out, /via gateway gw2 \(198\.18\.0\.2:53820\)/);
   });
 
+  it('pushes what the session may reach on the tunnel\'s control stream: the client says when a Service appears or goes', async () => {
+    const log = () => readFileSync(join(home('c1'), 'tunnels', `${domain}.log`), 'utf8');
+    const billing = `kind: Service
+metadata: {name: billing}
+spec:
+  config: {upstream: {url: "http://198.18.9.2:9101"}}
+  authorization: {inlinePolicies: [{spec: {rules: [{effect: ALLOW, condition: {match: 'ctx.user.metadata.name == "alice"'}}]}}]}
+`;
+    assert.equal((await ctl(['apply', '-'], billing)).code, 0);
+    await until('client1 hears that billing is reachable', async () => log().includes(`now reachable: http://billing.local.${domain}/`), 5000);
+    assert.equal((await ctl(['delete', 'service', 'billing'])).code, 0);
+    await until('client1 hears that billing is gone', async () => log().includes(`no longer reachable: http://billing.local.${domain}/`), 5000);
+  });
+
   it('a client with no preference gets a gateway from the cluster and reaches the Service', async () => {
     const c = await postern(topo.client2, 'c2', ['connect', '-d', '--implementation', 'tun', '--interface', iface('c2')]);
     assert.equal(c.code, 0, c.err);

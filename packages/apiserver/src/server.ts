@@ -12,7 +12,7 @@ import { UserServiceService, type UserServiceServer } from './gen/postern/user/v
 import { ApiAuthorizer, describeDecision, groupsOf, requestContext, type GrpcRequestInfo } from './authz.js';
 import { toServiceError } from './grpc-errors.js';
 import { requireKind, ResourceService, sanitize } from './resources.js';
-import { Tunnels } from './tunnels.js';
+import { Tunnels, type ServiceInfo } from './tunnels.js';
 
 export const coreServiceName = 'postern.core.v1.CoreService';
 export const userServiceName = 'postern.user.v1.UserService';
@@ -62,7 +62,7 @@ export class ApiServer {
     this.log = opts.logger;
     this.resources = new ResourceService(opts.store, opts.cache);
     this.authorizer = new ApiAuthorizer(opts.cache, this.now);
-    this.tunnels = new Tunnels(opts.store, opts.cache, opts.domain, opts.ipv6Prefix, this.now);
+    this.tunnels = new Tunnels(opts.store, opts.cache, opts.domain, opts.ipv6Prefix, this.now, (identity) => this.servicesFor(identity, undefined));
     this.server.addService(CoreServiceService, this.core() as unknown as CoreServiceServer);
     this.server.addService(UserServiceService, this.user() as unknown as UserServiceServer);
     this.server.addService(AuthServiceService, this.authApi() as unknown as AuthServiceServer);
@@ -277,11 +277,15 @@ export class ApiServer {
             const first = await this.tunnels.connect(identity, call.request);
             call.write(first);
             this.log.info({ rid, user: identity.user.metadata.name, session: first.session, addresses: first.addresses }, 'tunnel connected');
-            // Push a new state when gateways change; end the stream when the session goes away.
+            // Push a new state when the gateways or what the session may reach change (bursts,
+            // like an apply of many Services, coalesced); end the stream when the session goes away.
             const sessionName = first.session;
+            const userName = identity.user.metadata.name;
+            const follows = new Set(['Gateway', 'Service', 'Policy', 'Namespace', 'ClusterConfig', 'Group']);
             let last = JSON.stringify(first);
-            const unsubscribe = this.opts.cache.onChange((ev) => {
-              if (ev.type !== 'RESYNC' && ev.resource.kind !== 'Gateway' && !(ev.resource.kind === 'Session' && ev.resource.metadata.name === sessionName)) return;
+            let pending: NodeJS.Timeout | undefined;
+            const push = () => {
+              pending = undefined;
               const session = this.opts.cache.get('Session', sessionName);
               const conn = (session?.status as { isConnected?: boolean; connection?: { addresses?: string[] } } | undefined);
               if (!session || !conn?.isConnected) {
@@ -289,15 +293,27 @@ export class ApiServer {
                 call.end();
                 return;
               }
-              const next = this.tunnels.state(session, conn.connection?.addresses ?? first.addresses);
+              const user = this.opts.cache.get('User', userName) ?? identity.user;
+              const next = this.tunnels.state({ ...identity, user, session }, conn.connection?.addresses ?? first.addresses);
               const text = JSON.stringify(next);
               if (text !== last) {
                 last = text;
                 call.write(next);
               }
+            };
+            const unsubscribe = this.opts.cache.onChange((ev) => {
+              if (ev.type !== 'RESYNC') {
+                const { kind, metadata } = ev.resource;
+                const own = (kind === 'Session' && metadata.name === sessionName) || (kind === 'User' && metadata.name === userName);
+                if (!own && !follows.has(kind)) return;
+                // The session itself ending is acted on at once.
+                if (kind === 'Session' && (ev.type === 'DELETED' || !(ev.resource.status as { isConnected?: boolean } | undefined)?.isConnected)) return push();
+              }
+              pending ??= setTimeout(push, 100);
             });
             const handle = { close: () => stop() };
             const stop = () => {
+              if (pending) clearTimeout(pending);
               unsubscribe();
               this.streams.delete(handle);
             };
@@ -318,9 +334,9 @@ export class ApiServer {
    * The Services this session may reach: those whose policies allow a plain `GET /` by it.
    * A policy that looks at headers or body may allow more requests than this shows.
    */
-  private servicesFor(identity: Identity, namespace: string | undefined) {
+  private servicesFor(identity: Identity, namespace: string | undefined): ServiceInfo[] {
     const cache = this.opts.cache;
-    const out = [];
+    const out: ServiceInfo[] = [];
     // The same for every Service: looked up once.
     const groups = groupsOf(cache, identity.user);
     const clusterConfig = cache.get('ClusterConfig', 'default');

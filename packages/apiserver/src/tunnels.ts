@@ -7,6 +7,18 @@ export const tunnelMtu = 1280;
 export const keepaliveSeconds = 30;
 const wgKey = /^[A-Za-z0-9+/]{43}=$/;
 
+/** A Service as the User API describes it (ListServices, and the tunnel's state). */
+export interface ServiceInfo {
+  name: string;
+  namespace: string;
+  mode: string;
+  port: number;
+  isPublic: boolean;
+  addresses: string[];
+  privateHostname: string;
+  publicHostname: string;
+}
+
 export interface ConnectState {
   addresses: string[];
   gateways: { name: string; publicKey: string; endpoint: string; allowedIps: string[] }[];
@@ -15,6 +27,8 @@ export interface ConnectState {
   domain: string;
   keepaliveSeconds: number;
   session: string;
+  /** What the session may reach now; a new state comes when this changes. */
+  services: ServiceInfo[];
 }
 
 /**
@@ -23,7 +37,15 @@ export interface ConnectState {
  * describes the gateways to the client.
  */
 export class Tunnels {
-  constructor(private readonly store: ResourceStore, private readonly cache: ResourceCache, private readonly domain: string, private readonly ipv6Prefix: string, private readonly now: () => Date) {}
+  constructor(
+    private readonly store: ResourceStore,
+    private readonly cache: ResourceCache,
+    private readonly domain: string,
+    private readonly ipv6Prefix: string,
+    private readonly now: () => Date,
+    /** The Services an identity may reach (the User API's ListServices). */
+    private readonly servicesFor: (identity: Identity) => ServiceInfo[],
+  ) {}
 
   /**
    * The state a client needs. Gateways come in the order the client should prefer them: the live
@@ -32,7 +54,8 @@ export class Tunnels {
    * comes or goes moves only its share. Gateways that are down are listed only when none is live:
    * a single gateway restarting does not take the tunnel away.
    */
-  state(session: AnyResource, addresses: string[]): ConnectState {
+  state(identity: Identity, addresses: string[]): ConnectState {
+    const session = identity.session;
     const allowedIps = [clusterCidrV4, clusterCidrV6(this.ipv6Prefix)];
     const now = this.now().getTime();
     const all = this.cache.list('Gateway').flatMap((g) => {
@@ -54,6 +77,7 @@ export class Tunnels {
       domain: this.domain,
       keepaliveSeconds,
       session: session.metadata.name,
+      services: this.servicesFor(identity),
     };
   }
 
@@ -76,7 +100,7 @@ export class Tunnels {
     }));
     if (!updated) throw new PosternError('ERR_TOKEN_INVALID', 'the session ended while connecting');
     this.cache.apply({ type: 'MODIFIED', resource: updated, version: updated.metadata.resourceVersion! });
-    return this.state(updated, addresses);
+    return this.state({ ...identity, session: updated }, addresses);
   }
 
   /** Marks the caller's session disconnected and frees its addresses. */

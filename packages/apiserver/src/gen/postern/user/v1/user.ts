@@ -52,6 +52,8 @@ export interface ConnectState {
   domain: string;
   keepaliveSeconds: number;
   session: string;
+  /** The Services this session may reach now (as ListServices); pushed again when that changes. */
+  services: ServiceInfo[];
 }
 
 export interface DisconnectRequest {
@@ -301,7 +303,16 @@ export const GatewayInfo: MessageFns<GatewayInfo> = {
 };
 
 function createBaseConnectState(): ConnectState {
-  return { addresses: [], gateways: [], dnsServers: [], mtu: 0, domain: "", keepaliveSeconds: 0, session: "" };
+  return {
+    addresses: [],
+    gateways: [],
+    dnsServers: [],
+    mtu: 0,
+    domain: "",
+    keepaliveSeconds: 0,
+    session: "",
+    services: [],
+  };
 }
 
 export const ConnectState: MessageFns<ConnectState> = {
@@ -326,6 +337,9 @@ export const ConnectState: MessageFns<ConnectState> = {
     }
     if (message.session !== "") {
       writer.uint32(58).string(message.session);
+    }
+    for (const v of message.services) {
+      ServiceInfo.encode(v!, writer.uint32(66).fork()).join();
     }
     return writer;
   },
@@ -399,6 +413,14 @@ export const ConnectState: MessageFns<ConnectState> = {
             message.session = reader.string();
             continue;
           }
+          case 8: {
+            if (tag !== 66) {
+              break;
+            }
+
+            message.services.push(ServiceInfo.decode(reader, reader.uint32()));
+            continue;
+          }
         }
         if ((tag & 7) === 4 || tag === 0) {
           break;
@@ -432,6 +454,9 @@ export const ConnectState: MessageFns<ConnectState> = {
         ? globalThis.Number(object.keepalive_seconds)
         : 0,
       session: isSet(object.session) ? globalThis.String(object.session) : "",
+      services: globalThis.Array.isArray(object?.services)
+        ? object.services.map((e: any) => ServiceInfo.fromJSON(e))
+        : [],
     };
   },
 
@@ -457,6 +482,9 @@ export const ConnectState: MessageFns<ConnectState> = {
     }
     if (message.session !== "") {
       obj.session = message.session;
+    }
+    if (message.services?.length) {
+      obj.services = message.services.map((e) => ServiceInfo.toJSON(e));
     }
     return obj;
   },
