@@ -69,6 +69,11 @@ export class ProxyCore {
   private readonly plugins: PluginRunner;
   private readonly h2 = new H2Upstreams();
   private readonly upstreamTimeoutMs: number;
+  /**
+   * Gathered policies per Service and session. Everything they come from is in the cache, so
+   * any change clears it; steady traffic then gathers once per caller and Service.
+   */
+  private readonly policyMemo = new Map<string, PolicySource[]>();
 
   constructor(private readonly opts: ProxyCoreOptions) {
     this.now = opts.now ?? (() => new Date());
@@ -83,6 +88,7 @@ export class ProxyCore {
     });
     for (const s of opts.cache.list('Service')) this.services.set(s.metadata.name, compileService(s));
     this.unsubscribe = opts.cache.onChange((ev) => {
+      this.policyMemo.clear();
       if (ev.type === 'RESYNC') {
         this.services.clear();
         for (const s of opts.cache.list('Service')) this.services.set(s.metadata.name, compileService(s));
@@ -118,6 +124,20 @@ export class ProxyCore {
   }
 
   private policiesFor(svc: CompiledService, caller: Caller | undefined): PolicySource[] {
+    // Keyed by the session's uid; a session made up for `explain` has none and is not kept.
+    const uid = caller ? caller.session.metadata.uid : '';
+    if (uid === undefined) return this.gather(svc, caller);
+    const key = `${svc.fullName}\0${uid}`;
+    let policies = this.policyMemo.get(key);
+    if (!policies) {
+      if (this.policyMemo.size >= 50_000) this.policyMemo.clear();
+      policies = this.gather(svc, caller);
+      this.policyMemo.set(key, policies);
+    }
+    return policies;
+  }
+
+  private gather(svc: CompiledService, caller: Caller | undefined): PolicySource[] {
     const cache = this.opts.cache;
     return gatherPolicies(
       {
