@@ -1,6 +1,6 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import { join, relative, resolve } from 'node:path';
-import { PosternError, locateIssue, parseResources, type AnyResource, type DecodedDocument, type Issue } from '@postern/apis';
+import { PosternError, locateIssue, parseResources, unsupportedFeatures, type AnyResource, type DecodedDocument, type Issue } from '@postern/apis';
 import { celIssues } from '@postern/policy';
 import type { Io } from './io.js';
 
@@ -48,7 +48,7 @@ export async function readApplyInput(io: Io, paths: readonly string[]): Promise<
       const parsed = parseResources(src.text, src.name);
       issues.push(...parsed.issues);
       for (const { resource, doc } of parsed.resources) {
-        issues.push(...celIssues(resource).map((i) => locateIssue(doc, i)));
+        issues.push(...[...celIssues(resource), ...unsupportedFeatures(resource)].map((i) => locateIssue(doc, i)));
         resources.push(resource);
         docs.push(doc);
       }

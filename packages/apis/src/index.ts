@@ -11,3 +11,4 @@ export * from './validate.js';
 export * from './codec.js';
 export * from './references.js';
 export * from './addresses.js';
+export * from './unsupported.js';

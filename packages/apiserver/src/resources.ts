@@ -3,6 +3,7 @@ import {
   PosternError,
   canonicalName,
   formatPath,
+  unsupportedFeatures,
   isKind,
   isSystemKind,
   kindInfo,
@@ -44,25 +45,6 @@ export function sanitize(r: AnyResource): AnyResource {
   }
   const { apiVersion, kind, metadata, spec: _spec, status, ...others } = r;
   return { apiVersion: apiVersion ?? 'core/v1', kind, metadata, ...(spec ? { spec } : {}), ...(status ? { status } : {}), ...others };
-}
-
-/** Plugin features the schema accepts but the proxy cannot run yet: refused at write time, loudly. */
-function unsupportedPlugins(r: AnyResource): Issue[] {
-  type Plugins = Record<string, unknown>[] | undefined;
-  const spec = (r.spec ?? {}) as { config?: { http?: { plugins?: Plugins } }; dynamicConfig?: { configs?: { http?: { plugins?: Plugins } }[] } };
-  const lists: [PathSegment[], Plugins][] = [[['spec', 'config', 'http', 'plugins'], spec.config?.http?.plugins]];
-  (spec.dynamicConfig?.configs ?? []).forEach((c, i) => lists.push([['spec', 'dynamicConfig', 'configs', i, 'http', 'plugins'], c.http?.plugins]));
-  const issues: Issue[] = [];
-  const issue = (segments: PathSegment[], message: string) => issues.push({ code: 'ERR_NOT_IMPLEMENTED', message, path: formatPath(segments), segments } as Issue);
-  for (const [base, plugins] of lists) {
-    (plugins ?? []).forEach((p, i) => {
-      for (const kind of ['extProc', 'jsonSchema'] as const) {
-        if (p[kind]) issue([...base, i, kind], `${kind} plugins are not implemented yet (lua, rateLimit and direct are)`);
-      }
-      if (p.phase === 'PRE_AUTH') issue([...base, i, 'phase'], 'plugins in phase PRE_AUTH are not implemented yet; use POST_AUTH (the default)');
-    });
-  }
-  return issues;
 }
 
 /** Fields a writer controls; everything else (uid, versions, status) is the server's. */
@@ -115,7 +97,7 @@ export class ResourceService {
     if (isSystemKind(r.kind as Kind)) {
       issues.push(withDoc({ code: 'ERR_READ_ONLY_KIND', message: `${r.kind} resources are created by Postern itself (log in or connect to make one)`, path: 'kind' }));
     }
-    if (r.kind === 'Service') issues.push(...unsupportedPlugins(r).map(withDoc));
+    issues.push(...unsupportedFeatures(r).map(withDoc));
     if (r.kind === 'Credential') {
       issues.push(withDoc({ code: 'ERR_READ_ONLY_KIND', message: 'Credentials carry a token shown once: make them with `posternctl create credential`', path: 'kind' }));
     }

@@ -70,10 +70,18 @@ function* resourceConditions(r: AnyResource) {
   }
   const dyn = spec.dynamicConfig as { rules?: { condition: Condition }[] } | undefined;
   for (let i = 0; i < (dyn?.rules ?? []).length; i++) yield* conditions(dyn!.rules![i]!.condition, ['spec', 'dynamicConfig', 'rules', i, 'condition']);
-  const plugins = (spec.config as { http?: { plugins?: { condition?: Condition }[] } } | undefined)?.http?.plugins ?? [];
-  for (let i = 0; i < plugins.length; i++) {
-    const c = plugins[i]!.condition;
-    if (c) yield* conditions(c, ['spec', 'config', 'http', 'plugins', i, 'condition']);
+  type Plugins = { condition?: Condition; rateLimit?: { key?: { eval?: string } } }[];
+  type Config = { http?: { plugins?: Plugins } } | undefined;
+  const configs: [Config, (string | number)[]][] = [[spec.config as Config, ['spec', 'config']]];
+  ((spec.dynamicConfig as { configs?: Config[] } | undefined)?.configs ?? []).forEach((c, i) => configs.push([c, ['spec', 'dynamicConfig', 'configs', i]]));
+  for (const [config, base] of configs) {
+    const plugins = config?.http?.plugins ?? [];
+    for (let i = 0; i < plugins.length; i++) {
+      const c = plugins[i]!.condition;
+      if (c) yield* conditions(c, [...base, 'http', 'plugins', i, 'condition']);
+      const key = plugins[i]!.rateLimit?.key?.eval;
+      if (key) yield { expr: key, path: [...base, 'http', 'plugins', i, 'rateLimit', 'key', 'eval'] };
+    }
   }
   const idp = spec.postAuthenticationRules as { condition: Condition }[] | undefined;
   for (let i = 0; i < (idp ?? []).length; i++) yield* conditions(idp![i]!.condition, ['spec', 'postAuthenticationRules', i, 'condition']);

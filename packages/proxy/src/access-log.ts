@@ -14,6 +14,8 @@ export interface AccessLogEntry {
   reason?: unknown;
   config?: string | undefined;
   upstream?: string | undefined;
+  /** Retries made (`http.retry`), when any. */
+  retries?: number | undefined;
   bytesIn: number;
   bytesOut: number;
   latencyMs: number;

@@ -1,3 +1,4 @@
+import { rootCertificates } from 'node:tls';
 import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
 
 /**
@@ -9,11 +10,11 @@ export class H2Upstreams {
 
   constructor(private readonly opts: { insecureSkipVerify?: boolean; connectTimeoutMs?: number } = {}) {}
 
-  private session(origin: string, insecureSkipVerify: boolean): ClientHttp2Session {
-    const key = `${origin}|${insecureSkipVerify}`;
+  private session(origin: string, insecureSkipVerify: boolean, trustedCAs: readonly string[]): ClientHttp2Session {
+    const key = `${origin}|${insecureSkipVerify}|${trustedCAs.join('\n')}`;
     const have = this.sessions.get(key);
     if (have && !have.closed && !have.destroyed) return have;
-    const s = connect(origin.replace(/^grpc:/, 'http:').replace(/^grpcs:/, 'https:'), { rejectUnauthorized: !insecureSkipVerify });
+    const s = connect(origin.replace(/^grpc:/, 'http:').replace(/^grpcs:/, 'https:'), { rejectUnauthorized: !insecureSkipVerify, ...(trustedCAs.length ? { ca: [...rootCertificates, ...trustedCAs] } : {}) });
     const forget = () => {
       if (this.sessions.get(key) === s) this.sessions.delete(key);
     };
@@ -26,8 +27,8 @@ export class H2Upstreams {
   }
 
   /** Opens a request stream at once (so the body can be sent before any answer). */
-  open(origin: string, headers: OutgoingHttpHeaders, insecureSkipVerify: boolean): ClientHttp2Stream {
-    return this.session(origin, insecureSkipVerify).request(headers);
+  open(origin: string, headers: OutgoingHttpHeaders, insecureSkipVerify: boolean, trustedCAs: readonly string[] = []): ClientHttp2Stream {
+    return this.session(origin, insecureSkipVerify, trustedCAs).request(headers);
   }
 
   /** The response headers of a stream; rejects on error, or after `timeoutMs` (code UND_ERR_HEADERS_TIMEOUT). */

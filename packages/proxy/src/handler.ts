@@ -11,6 +11,8 @@ import { logAccess, type AccessLogEntry } from './access-log.js';
 import type { LuaRequestState } from './lua.js';
 import { PluginRunner } from './plugins.js';
 import { HttpError, statusText } from './http-error.js';
+import { counted, drain, readLimited } from './bodies.js';
+import { answerPreflight, corsResponseHeaders } from './cors.js';
 import { connectionHeaders, flatHeaders, framingProblem } from './headers.js';
 import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
 import { normalizeTarget } from './normalize.js';
@@ -205,6 +207,29 @@ export class ProxyCore {
     }
   }
 
+  private serviceOf(req: IncomingMessage, entry: Entry): CompiledService | undefined {
+    return entry.kind === 'service' ? this.services.get(entry.service) : this.serviceForHost(req.headers.host ?? (req.headers[':authority'] as string | undefined));
+  }
+
+  /**
+   * A CORS preflight (OPTIONS with Origin and Access-Control-Request-Method) for a Service whose
+   * default config has `http.cors`: answered here, before identity — browsers send no
+   * credentials on preflights — and never forwarded. Returns whether it answered.
+   */
+  private preflight(req: IncomingMessage, res: ServerResponse, entry: Entry, log: AccessLogEntry): boolean {
+    const origin = req.headers.origin;
+    if (req.method !== 'OPTIONS' || !origin || !req.headers['access-control-request-method']) return false;
+    const svc = this.serviceOf(req, entry);
+    const cors = (svc?.defaultRoute ?? svc?.routes.values().next().value)?.cors;
+    if (!svc || !cors) return false;
+    log.service = svc.fullName;
+    log.reason = { type: 'CORS_PREFLIGHT' };
+    answerPreflight(req, res, cors, origin);
+    log.decision = 'ALLOW';
+    log.status = 204;
+    return true;
+  }
+
   /** Resolves the Service, the caller and the decision; throws HttpError for every refusal. */
   private async admit(req: IncomingMessage, entry: Entry, log: AccessLogEntry, readBody: boolean) {
     // HTTP/2 frames carry their own lengths; Content-Length/Transfer-Encoding games are HTTP/1.1's.
@@ -213,7 +238,7 @@ export class ProxyCore {
     const target = normalizeTarget(req.url ?? '');
     if (!target.ok) throw new HttpError(400, 'bad request path', target.reason);
     log.path = target.path;
-    const svc = entry.kind === 'service' ? this.services.get(entry.service) : this.serviceForHost(req.headers.host ?? (req.headers[':authority'] as string | undefined));
+    const svc = this.serviceOf(req, entry);
     if (!svc) throw new HttpError(404, 'no such service');
     log.service = svc.fullName;
     const caller = svc.spec.isAnonymous ? undefined : this.identify(req, svc, entry);
@@ -297,7 +322,7 @@ export class ProxyCore {
   private async forwardH2(base: URL, method: string, path: string, headers: Record<string, string | string[]>, body: Buffer | AsyncIterable<Buffer> | null, route: Route) {
     const h2headers: Record<string, string | string[]> = { ':method': method, ':path': path, ':scheme': base.protocol.startsWith('https') || base.protocol.startsWith('grpcs') ? 'https' : 'http', ':authority': base.host };
     for (const [k, v] of Object.entries(headers)) if (k !== 'host' && k !== 'transfer-encoding') h2headers[k] = v;
-    const stream = this.h2.open(`${base.protocol}//${base.host}`, h2headers, route.insecureSkipVerify);
+    const stream = this.h2.open(`${base.protocol}//${base.host}`, h2headers, route.insecureSkipVerify, route.trustedCAs);
     const response = H2Upstreams.response(stream, this.upstreamTimeoutMs);
     // Send the body now: gRPC servers answer only after reading it.
     void (async () => {
@@ -339,16 +364,18 @@ export class ProxyCore {
     res.setHeader('x-postern-request-id', rid);
     let bytesIn = 0;
     try {
+      if (this.preflight(req, res, entry, log)) return;
       const admitted = await this.admit(req, entry, log, true);
       const { svc, caller, route, target, ctx } = admitted;
       let body = admitted.body;
-      const endpoint = this.balancer(svc, route).pick(route.endpoints);
+      let endpoint = this.balancer(svc, route).pick(route.endpoints);
       if (!endpoint) throw new HttpError(502, 'the service has no upstream', 'no endpoints');
       if (endpoint.user) throw new HttpError(502, 'the upstream is served by a connected client, which is not supported yet', `upstream.user ${endpoint.user}`);
-      const base = endpoint.url;
+      let base = endpoint.url;
       const path = rewritePath(target.path, route);
       // The normalised path is already safe to append; building a URL object per request is not needed.
-      const upstreamPath = `${base.pathname === '/' ? '' : base.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`;
+      const pathOn = (b: URL) => `${b.pathname === '/' ? '' : b.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`;
+      let upstreamPath = pathOn(base);
       log.upstream = base.origin;
       const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
       const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
@@ -365,35 +392,64 @@ export class ProxyCore {
         delete headers['transfer-encoding'];
         headers['content-length'] = String(body.length);
       }
-      try {
-        if (route.auth) Object.assign(headers, await this.upstreamAuth.headers(route, { method: req.method ?? 'GET', url: new URL(upstreamPath, base), headers: headers as Record<string, string>, body }));
-      } catch (err) {
-        if (err instanceof UpstreamAuthError) throw new HttpError(502, 'the gateway could not authenticate to the upstream', err.message);
-        throw err;
-      }
+      const authenticate = async () => {
+        try {
+          if (route.auth) Object.assign(headers, await this.upstreamAuth.headers(route, { method: req.method ?? 'GET', url: new URL(upstreamPath, base), headers: headers as Record<string, string>, body }));
+        } catch (err) {
+          if (err instanceof UpstreamAuthError) throw new HttpError(502, 'the gateway could not authenticate to the upstream', err.message);
+          throw err;
+        }
+      };
+      await authenticate();
       const hasBody =
         body !== undefined ? body.length > 0
         : req.httpVersionMajor === 2 ? !(req as unknown as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders
         : req.headers['content-length'] !== undefined ? Number(req.headers['content-length']) > 0
         : req.headers['transfer-encoding'] !== undefined;
       const upstreamBody = body ?? (hasBody ? counted(req, (n) => (bytesIn += n)) : null);
-      let up: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Buffer>; h2Trailers?: Promise<Record<string, string | string[] | undefined>> };
-      try {
-        up = route.upstreamHttp2
-          ? await this.forwardH2(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route)
-          : await this.pools.get(base.origin, route).request({
-              method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
-              path: upstreamPath,
-              headers,
-              // undici takes async iterables as bodies; its types lag behind.
-              body: upstreamBody as unknown as Readable | Buffer | null,
-            });
-        this.balancer(svc, route).markHealthy(endpoint);
-      } catch (err) {
-        const code = (err as { code?: string }).code ?? '';
-        if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') throw new HttpError(504, 'the upstream did not answer in time', code);
-        this.balancer(svc, route).markFailed(endpoint);
-        throw new HttpError(502, 'the upstream could not be reached', `${code} ${(err as Error).message}`);
+      let up!: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Buffer>; h2Trailers?: Promise<Record<string, string | string[] | undefined>> };
+      // Retries (`http.retry`) only when the body can be sent again: buffered, or none at all.
+      const retries = route.retry && (body !== undefined || !hasBody) ? route.retry.maxRetries : 0;
+      for (let attempt = 0; ; attempt++) {
+        if (attempt > 0) {
+          await new Promise((r) => setTimeout(r, Math.min(route.retry!.initialMs * 2 ** (attempt - 1), route.retry!.maxMs)));
+          // Another endpoint if the route has one that is not resting after a failure.
+          const next = this.balancer(svc, route).pick(route.endpoints);
+          if (next && !next.user && next !== endpoint) {
+            endpoint = next;
+            base = next.url;
+            upstreamPath = pathOn(base);
+            headers.host = base.host;
+            log.upstream = base.origin;
+            await authenticate();
+          }
+        }
+        const last = attempt >= retries;
+        try {
+          up = route.upstreamHttp2
+            ? await this.forwardH2(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route)
+            : await this.pools.get(base.origin, route).request({
+                method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
+                path: upstreamPath,
+                headers,
+                // undici takes async iterables as bodies; its types lag behind.
+                body: upstreamBody as unknown as Readable | Buffer | null,
+              });
+          this.balancer(svc, route).markHealthy(endpoint);
+        } catch (err) {
+          const code = (err as { code?: string }).code ?? '';
+          // A timeout is not retried: the upstream may be working on the request.
+          if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') throw new HttpError(504, 'the upstream did not answer in time', code);
+          this.balancer(svc, route).markFailed(endpoint);
+          if (!last) continue;
+          throw new HttpError(502, 'the upstream could not be reached', `${code} ${(err as Error).message}${attempt ? ` (after ${attempt} retries)` : ''}`);
+        }
+        if (!last && route.retry!.statusCodes.has(up.statusCode)) {
+          await drain(up.body);
+          continue;
+        }
+        log.retries = attempt || undefined;
+        break;
       }
       const drop = connectionHeaders(up.headers);
       const responseHeaders = new Map<string, string | string[]>();
@@ -407,6 +463,8 @@ export class ProxyCore {
       }
       const luaPlugins = requestPlugins.filter((p) => p.lua);
       if (luaPlugins.length) await this.plugins.runResponse(luaPlugins, { ctx, responseHeaders });
+      const origin = req.headers.origin;
+      if (route.cors && origin) corsResponseHeaders(route.cors, origin, responseHeaders);
       for (const h of route.addResponseHeaders) {
         const have = responseHeaders.get(h.key);
         responseHeaders.set(h.key, h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value);
@@ -512,26 +570,3 @@ function grpcCall(contentType: string | string[] | undefined, path: string): { s
   const m = path.match(/^\/([^/]+)\/([^/]+)$/);
   return m ? { service: m[1]!, method: m[2]! } : undefined;
 }
-
-/** The request body as it streams to the upstream, counting bytes for the access log (no 'data' listener: that would drop chunks). */
-async function* counted(req: IncomingMessage, add: (n: number) => void): AsyncGenerator<Buffer> {
-  for await (const chunk of req) {
-    add((chunk as Buffer).length);
-    yield chunk as Buffer;
-  }
-}
-
-/** Reads a body up to `limit` bytes; beyond it, 413 (checked against Content-Length first). */
-async function readLimited(req: IncomingMessage, limit: number): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > limit) throw new HttpError(413, `the request body is larger than ${limit} bytes`);
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length;
-    if (size > limit) throw new HttpError(413, `the request body is larger than ${limit} bytes`);
-    chunks.push(chunk as Buffer);
-  }
-  return Buffer.concat(chunks);
-}
-

@@ -1,7 +1,7 @@
 import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { durationMs } from '@postern/apis';
-import { evaluateCondition } from '@postern/policy';
+import { compileCel, evaluateCondition } from '@postern/policy';
 import { HttpError } from './http-error.js';
 import type { Caller } from './identity.js';
 import { LuaPlugin, type LuaRequestState, type LuaResponseState } from './lua.js';
@@ -13,7 +13,7 @@ import type { Route } from './routes.js';
  */
 export class PluginRunner {
   private readonly lua = new Map<string, Promise<LuaPlugin>>();
-  private readonly rateWindows = new Map<string, { start: number; count: number }>();
+  private readonly rateWindows = new Map<string, { start: number; count: number; windowMs: number }>();
 
   constructor(private readonly now: () => Date) {}
 
@@ -56,13 +56,15 @@ export class PluginRunner {
       }
       if (p.rateLimit) {
         const rl = p.rateLimit;
-        const who = rl.key?.perSession ? caller?.session.metadata.name : rl.key?.perUser ? caller?.user.metadata.name : 'all';
+        const who = rl.key?.eval ? this.evalKey(p.name, rl.key.eval, state.ctx) : rl.key?.perSession ? caller?.session.metadata.name : rl.key?.perUser ? caller?.user.metadata.name : 'all';
         const key = `${p.name}|${who ?? 'anonymous'}`;
         const windowMs = durationMs(rl.window) ?? 60_000;
         const t = this.now().getTime();
         const w = this.rateWindows.get(key);
-        if (!w || t - w.start >= windowMs) this.rateWindows.set(key, { start: t, count: 1 });
-        else if (++w.count > rl.limit) throw new HttpError(429, 'rate limit exceeded', `plugin ${p.name}`, { 'retry-after': String(Math.ceil((w.start + windowMs - t) / 1000)) });
+        if (!w || t - w.start >= windowMs) {
+          if (!w && this.rateWindows.size >= 100_000) this.pruneWindows(t);
+          this.rateWindows.set(key, { start: t, count: 1, windowMs });
+        } else if (++w.count > rl.limit) throw new HttpError(429, 'rate limit exceeded', `plugin ${p.name}`, { 'retry-after': String(Math.ceil((w.start + windowMs - t) / 1000)) });
         continue;
       }
       if (p.lua) {
@@ -77,6 +79,22 @@ export class PluginRunner {
       throw new HttpError(501, 'a gateway plugin of this kind is not implemented', `plugin ${p.name}`);
     }
     return false;
+  }
+
+  /** A rate-limit key from CEL (`key.eval`): its value as text; a failure stops the request. */
+  private evalKey(plugin: string, expr: string, ctx: Record<string, unknown>): string {
+    let v: unknown;
+    try {
+      v = compileCel(expr)({ ctx, attrs: {} });
+    } catch (err) {
+      throw new HttpError(500, 'a gateway plugin failed', `plugin ${plugin} key.eval: ${(err as Error).message}`);
+    }
+    return typeof v === 'string' ? v : JSON.stringify(v ?? null, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x));
+  }
+
+  /** Forgets windows that have ended, so many distinct keys cannot grow the map without bound. */
+  private pruneWindows(t: number): void {
+    for (const [k, w] of this.rateWindows) if (t - w.start >= w.windowMs) this.rateWindows.delete(k);
   }
 
   async runResponse(plugins: Route['plugins'], state: LuaResponseState): Promise<void> {

@@ -1,4 +1,5 @@
-import { splitNamespaced, type AnyResource, type Condition, type ServiceConfig, type ServiceSpec } from '@postern/apis';
+import { durationMs, splitNamespaced, type AnyResource, type Condition, type ServiceConfig, type ServiceSpec } from '@postern/apis';
+import { compileCors, type Cors } from './cors.js';
 
 export interface Endpoint {
   url: URL;
@@ -23,6 +24,11 @@ export interface Route {
   maxRequestSize: number;
   upstreamHttp2: boolean;
   insecureSkipVerify: boolean;
+  /** Extra CAs (PEM) trusted for this upstream, beside the system's. */
+  trustedCAs: string[];
+  /** Retries when the upstream cannot be reached or answers one of `statusCodes`. */
+  retry: { maxRetries: number; initialMs: number; maxMs: number; statusCodes: Set<number> } | undefined;
+  cors: Cors | undefined;
   plugins: NonNullable<NonNullable<ServiceConfig['http']>['plugins']>;
 }
 
@@ -69,6 +75,16 @@ function compileConfig(c: ServiceConfig, name: string): Route {
     maxRequestSize: http.body?.maxRequestSize ?? defaultMaxRequestSize,
     upstreamHttp2: !!http.isUpstreamHTTP2,
     insecureSkipVerify: !!c.tls?.insecureSkipVerify,
+    trustedCAs: c.tls?.trustedCAs ?? [],
+    retry: http.retry
+      ? {
+          maxRetries: http.retry.maxRetries ?? 3,
+          initialMs: durationMs(http.retry.initialInterval) ?? 100,
+          maxMs: durationMs(http.retry.maxInterval) ?? 2000,
+          statusCodes: new Set(http.retry.statusCodes ?? []),
+        }
+      : undefined,
+    cors: http.cors ? compileCors(http.cors) : undefined,
     plugins,
   };
 }

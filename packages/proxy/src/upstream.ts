@@ -1,3 +1,5 @@
+import { createHash } from 'node:crypto';
+import { rootCertificates } from 'node:tls';
 import { Agent, Pool } from 'undici';
 import type { Endpoint, Route } from './routes.js';
 
@@ -13,8 +15,9 @@ export class UpstreamPools {
 
   constructor(private readonly opts: { connections?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number; connectTimeoutMs?: number } = {}) {}
 
-  get(origin: string, route: Pick<Route, 'upstreamHttp2' | 'insecureSkipVerify'>): Pool {
-    const key = `${origin}|${route.upstreamHttp2 ? 'h2' : 'h1'}|${route.insecureSkipVerify ? 'insecure' : 'verify'}`;
+  get(origin: string, route: Pick<Route, 'upstreamHttp2' | 'insecureSkipVerify' | 'trustedCAs'>): Pool {
+    const cas = route.trustedCAs.length ? createHash('sha256').update(route.trustedCAs.join('\n')).digest('hex').slice(0, 16) : 'system';
+    const key = `${origin}|${route.upstreamHttp2 ? 'h2' : 'h1'}|${route.insecureSkipVerify ? 'insecure' : 'verify'}|${cas}`;
     let pool = this.pools.get(key);
     if (!pool) {
       pool = new Pool(origin, {
@@ -25,7 +28,8 @@ export class UpstreamPools {
         bodyTimeout: this.opts.bodyTimeoutMs ?? 300_000,
         connectTimeout: this.opts.connectTimeoutMs ?? 10_000,
         allowH2: route.upstreamHttp2,
-        connect: { rejectUnauthorized: !route.insecureSkipVerify },
+        // Trusted CAs add to the system's, they do not replace them.
+        connect: { rejectUnauthorized: !route.insecureSkipVerify, ...(route.trustedCAs.length ? { ca: [...rootCertificates, ...route.trustedCAs] } : {}) },
       });
       this.pools.set(key, pool);
     }

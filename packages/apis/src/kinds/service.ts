@@ -110,7 +110,25 @@ export const HttpConfig = z.strictObject({
     .optional(),
   cors: z
     .strictObject({
-      allowOriginStringMatch: z.array(z.strictObject({ exact: z.string().optional(), prefix: z.string().optional(), regex: z.string().optional() })).optional(),
+      allowOriginStringMatch: z
+        .array(
+          z.strictObject({
+            exact: z.string().optional(),
+            prefix: z.string().optional(),
+            regex: z
+              .string()
+              .refine((r) => {
+                try {
+                  new RegExp(r);
+                  return true;
+                } catch {
+                  return false;
+                }
+              }, 'not a valid regular expression')
+              .optional(),
+          }),
+        )
+        .optional(),
       allowMethods: z.string().optional(),
       allowHeaders: z.string().optional(),
       exposeHeaders: z.string().optional(),

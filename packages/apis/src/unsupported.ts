@@ -1,0 +1,34 @@
+import type { AnyResource } from './kinds/index.js';
+import { formatPath, type PathSegment, type ValidationIssue } from './validate.js';
+
+/**
+ * Features the schema accepts (they are in REFERENCE.md) but this build cannot run yet: refused
+ * when written, loudly, with the field — never accepted and ignored. `posternctl apply` checks
+ * them before sending, the API server again.
+ */
+export function unsupportedFeatures(r: AnyResource): ValidationIssue[] {
+  if (r.kind !== 'Service') return [];
+  type Config = { upstream?: { container?: unknown; user?: string; loadbalance?: { endpoints?: { user?: string }[] } }; http?: { plugins?: Record<string, unknown>[] } } | undefined;
+  const spec = (r.spec ?? {}) as { config?: Config; dynamicConfig?: { configs?: Config[] } };
+  const configs: [PathSegment[], Config][] = [[['spec', 'config'], spec.config]];
+  (spec.dynamicConfig?.configs ?? []).forEach((c, i) => configs.push([['spec', 'dynamicConfig', 'configs', i], c]));
+  const issues: ValidationIssue[] = [];
+  const issue = (segments: PathSegment[], message: string) => issues.push({ code: 'ERR_NOT_IMPLEMENTED', message, path: formatPath(segments), segments });
+  for (const [base, config] of configs) {
+    const up = config?.upstream;
+    if (up?.container) issue([...base, 'upstream', 'container'], 'container upstreams run on Kubernetes, which this cluster does not manage; run the container yourself and point upstream.url at it');
+    if (up?.user) issue([...base, 'upstream', 'user'], 'upstreams served by a connected client are not implemented yet; point upstream.url at the service');
+    (up?.loadbalance?.endpoints ?? []).forEach((e, i) => {
+      if (e.user) issue([...base, 'upstream', 'loadbalance', 'endpoints', i, 'user'], 'upstreams served by a connected client are not implemented yet; give the endpoint a url only');
+    });
+    (config?.http?.plugins ?? []).forEach((p, i) => {
+      const at = [...base, 'http', 'plugins', i];
+      for (const kind of ['extProc', 'jsonSchema'] as const) {
+        if (p[kind]) issue([...at, kind], `${kind} plugins are not implemented yet (lua, rateLimit and direct are)`);
+      }
+      if (p.phase === 'PRE_AUTH') issue([...at, 'phase'], 'plugins in phase PRE_AUTH are not implemented yet; use POST_AUTH (the default)');
+    });
+  }
+  return issues;
+}
+
