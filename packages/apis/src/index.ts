@@ -12,3 +12,4 @@ export * from './codec.js';
 export * from './references.js';
 export * from './addresses.js';
 export * from './unsupported.js';
+export * from './jsonschema.js';

@@ -23,10 +23,8 @@ export function unsupportedFeatures(r: AnyResource): ValidationIssue[] {
     });
     (config?.http?.plugins ?? []).forEach((p, i) => {
       const at = [...base, 'http', 'plugins', i];
-      for (const kind of ['extProc', 'jsonSchema'] as const) {
-        if (p[kind]) issue([...at, kind], `${kind} plugins are not implemented yet (lua, rateLimit and direct are)`);
-      }
-      if (p.phase === 'PRE_AUTH') issue([...at, 'phase'], 'plugins in phase PRE_AUTH are not implemented yet; use POST_AUTH (the default)');
+      if (p.extProc) issue([...at, 'extProc'], 'extProc plugins are not implemented yet (lua, rateLimit, direct and jsonSchema are)');
+      if (p.phase === 'PRE_AUTH' && p.lua) issue([...at, 'phase'], 'Lua plugins run in phase POST_AUTH only (they change the request sent upstream); drop the phase');
     });
   }
   return issues;

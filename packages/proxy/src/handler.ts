@@ -231,7 +231,7 @@ export class ProxyCore {
   }
 
   /** Resolves the Service, the caller and the decision; throws HttpError for every refusal. */
-  private async admit(req: IncomingMessage, entry: Entry, log: AccessLogEntry, readBody: boolean) {
+  private async admit(req: IncomingMessage, entry: Entry, log: AccessLogEntry, readBody: boolean, res?: ServerResponse) {
     // HTTP/2 frames carry their own lengths; Content-Length/Transfer-Encoding games are HTTP/1.1's.
     const framing = req.httpVersionMajor === 2 ? undefined : framingProblem(req.rawHeaders);
     if (framing) throw new HttpError(400, 'ambiguous request framing', framing);
@@ -267,16 +267,23 @@ export class ProxyCore {
     const ctx = this.context(svc, caller, http);
     const grpc = grpcCall(req.headers['content-type'], target.path);
     if (grpc) (ctx.request as Record<string, unknown>).grpc = grpc;
+    // PRE_AUTH plugins run on the route the request would take, before the decision.
+    let route: Route | undefined;
+    if (svc.preAuth) {
+      route = this.route(svc, ctx);
+      const pre = route ? this.plugins.select(route, 'PRE_AUTH', ctx) : [];
+      if (pre.length && (await this.plugins.runRequest(pre, { ctx, body, requestHeaders: {} }, caller, res))) return { answered: true as const };
+    }
     const decision = this.authorize(svc, caller, ctx);
     log.decision = decision.effect;
     log.reason = decision.reason;
     if (decision.effect !== 'ALLOW') {
       throw new HttpError(decision.reason.detail === 'NO_IDENTITY' ? 401 : 403, 'access denied by policy', describeDecision(decision));
     }
-    const route = this.route(svc, ctx);
+    route ??= this.route(svc, ctx);
     if (!route) throw new HttpError(404, 'no route of this service matches the request', 'no dynamicConfig rule matched and there is no default config');
     log.config = route.name;
-    return { svc, caller, route, body, target, ctx };
+    return { answered: false as const, svc, caller, route, body, target, ctx };
   }
 
   private upstreamHeaders(req: IncomingMessage, caller: Caller | undefined, svc: CompiledService, route: Route, upstream: URL, entry: Entry): Record<string, string | string[]> {
@@ -365,7 +372,11 @@ export class ProxyCore {
     let bytesIn = 0;
     try {
       if (this.preflight(req, res, entry, log)) return;
-      const admitted = await this.admit(req, entry, log, true);
+      const admitted = await this.admit(req, entry, log, true, res);
+      if (admitted.answered) {
+        log.status = res.statusCode;
+        return;
+      }
       const { svc, caller, route, target, ctx } = admitted;
       let body = admitted.body;
       let endpoint = this.balancer(svc, route).pick(route.endpoints);
@@ -518,12 +529,17 @@ export class ProxyCore {
     const log: AccessLogEntry = { rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0 };
     socket.on('error', () => socket.destroy());
     try {
-      const { svc, caller, route, target } = await this.admit(req, entry, log, false);
+      const admitted = await this.admit(req, entry, log, false);
+      if (admitted.answered) return;
+      const { svc, caller, route, target, ctx } = admitted;
       const endpoint = this.balancer(svc, route).pick(route.endpoints);
       if (!endpoint || endpoint.user) throw new HttpError(502, 'the service has no reachable upstream');
       const base = endpoint.url;
       const path = rewritePath(target.path, route);
       const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
+      // Plugins hold for upgrades too (a rate limit, a direct answer, header changes by Lua).
+      const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
+      if (requestPlugins.length) await this.plugins.runRequest(requestPlugins, { ctx, body: undefined, requestHeaders: headers }, caller, undefined);
       Object.assign(headers, await this.upstreamAuth.headers(route, { method: 'GET', url: new URL(path, base), headers: headers as Record<string, string> }));
       const protocol = typeof req.headers.upgrade === 'string' ? req.headers.upgrade : 'websocket';
       const up = await this.pools.get(base.origin, route).upgrade({ path: `${path}${target.query ? `?${target.query}` : ''}`, method: 'GET', headers, protocol });
@@ -543,7 +559,9 @@ export class ProxyCore {
       log.status = e.status;
       log.error = e.internal ?? e.publicMessage;
       const body = `${e.status} ${statusText[e.status] ?? ''}: ${e.publicMessage}\nrequest id: ${rid}\n`;
-      socket.end(`HTTP/1.1 ${e.status} ${statusText[e.status] ?? 'Error'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-postern-request-id: ${rid}\r\nconnection: close\r\n\r\n${body}`);
+      // Plugin headers (retry-after, a direct answer's own) go out too; CR/LF cannot reach them (the schema and HTTP parser refuse it).
+      const extra = Object.entries(e.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
+      socket.end(`HTTP/1.1 ${e.status} ${statusText[e.status] ?? 'Error'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-postern-request-id: ${rid}\r\n${extra}connection: close\r\n\r\n${body}`);
     } finally {
       log.latencyMs = +(performance.now() - started).toFixed(3);
       logAccess(this.log, log);

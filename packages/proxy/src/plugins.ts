@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
-import { durationMs } from '@postern/apis';
+import { compileJsonSchema, durationMs } from '@postern/apis';
 import { compileCel, evaluateCondition } from '@postern/policy';
 import { HttpError } from './http-error.js';
 import type { Caller } from './identity.js';
@@ -9,7 +9,8 @@ import type { Route } from './routes.js';
 
 /**
  * Runs a route's plugins: `direct` answers at once, `rateLimit` counts per key in fixed windows,
- * Lua runs in its sandbox (compiled once per distinct source). Failures become HttpErrors.
+ * `jsonSchema` checks the buffered body, Lua runs in its sandbox (compiled once per distinct
+ * source). Failures become HttpErrors.
  */
 export class PluginRunner {
   private readonly lua = new Map<string, Promise<LuaPlugin>>();
@@ -44,11 +45,14 @@ export class PluginRunner {
 
   /**
    * Runs the request side of plugins: `direct` answers at once, `rateLimit` may answer 429,
-   * Lua may change headers and body or `exit(status)`. Returns a status to answer with, if any.
+   * Lua may change headers and body or `exit(status)`. Returns whether it answered on `res`
+   * (without `res`, for upgrades, a direct answer is thrown as an HttpError).
    */
-  async runRequest(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ServerResponse): Promise<boolean> {
+  async runRequest(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ServerResponse | undefined): Promise<boolean> {
     for (const p of plugins) {
       if (p.direct) {
+        // An upgrade request has no response object: the answer goes out as an error reply.
+        if (!res) throw new HttpError(p.direct.statusCode ?? 200, p.direct.body ?? '', `plugin ${p.name} answered directly`, p.direct.headers ?? {});
         for (const [k, v] of Object.entries(p.direct.headers ?? {})) res.setHeader(k, v);
         res.statusCode = p.direct.statusCode ?? 200;
         res.end(p.direct.body ?? '');
@@ -74,6 +78,19 @@ export class PluginRunner {
           throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name}: ${(err as Error).message}`);
         }
         if (state.exitStatus) throw new HttpError(state.exitStatus, 'the request was stopped by a gateway plugin', `plugin ${p.name} exit(${state.exitStatus})`);
+        continue;
+      }
+      if (p.jsonSchema) {
+        const text = state.body?.toString('utf8') ?? '';
+        if (!text.trim()) throw new HttpError(400, 'the request needs a JSON body', `plugin ${p.name}: empty body`);
+        let value: unknown;
+        try {
+          value = JSON.parse(text);
+        } catch {
+          throw new HttpError(400, 'the request body is not JSON', `plugin ${p.name}`);
+        }
+        const why = compileJsonSchema(p.jsonSchema.inline)(value);
+        if (why) throw new HttpError(400, `the request body does not match the schema: ${why}`, `plugin ${p.name}: ${why}`);
         continue;
       }
       throw new HttpError(501, 'a gateway plugin of this kind is not implemented', `plugin ${p.name}`);

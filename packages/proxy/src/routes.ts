@@ -43,6 +43,8 @@ export interface CompiledService {
   defaultRoute: Route | undefined;
   routes: Map<string, Route>;
   rules: { condition: Condition; configName: string }[];
+  /** Whether any route has PRE_AUTH plugins (run before the decision). */
+  preAuth: boolean;
 }
 
 export const defaultMaxRequestSize = 4 * 1024 * 1024;
@@ -98,15 +100,17 @@ export function compileService(resource: AnyResource): CompiledService {
   const { name, namespace } = splitNamespaced(resource.metadata.name);
   const routes = new Map<string, Route>();
   for (const c of spec.dynamicConfig?.configs ?? []) routes.set(c.name, compileConfig(c, c.name));
+  const defaultRoute = spec.config?.upstream ? compileConfig(spec.config, spec.config.name ?? 'default') : undefined;
   return {
     resource,
     fullName: resource.metadata.name,
     name,
     namespace,
     spec,
-    defaultRoute: spec.config?.upstream ? compileConfig(spec.config, spec.config.name ?? 'default') : undefined,
+    defaultRoute,
     routes,
     rules: spec.dynamicConfig?.rules ?? [],
+    preAuth: [defaultRoute, ...routes.values()].some((r) => r?.plugins.some((p) => p.phase === 'PRE_AUTH')),
   };
 }
 

@@ -1,3 +1,4 @@
+import { compileJsonSchema } from '../jsonschema.js';
 import { z } from 'zod';
 import { Duration, SecretRef } from '../meta.js';
 import { Authorization, Condition } from './policy.js';
@@ -37,7 +38,10 @@ export const Upstream = z
   })
   .check(oneOf(['url', 'loadbalance', 'container', 'user'], 'upstream'));
 
-const HeaderValue = z.strictObject({ key: z.string().min(1), value: z.string(), append: z.boolean().optional() });
+/** An HTTP field name (RFC 9110 token) and a value without CR, LF or NUL: nothing can split a header. */
+const headerName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not an HTTP header name (letters, digits and !#$%&\'*+.^_`|~-)');
+const headerText = z.string().regex(/^[^\r\n\0]*$/, 'a header value cannot hold CR, LF or NUL');
+const HeaderValue = z.strictObject({ key: headerName, value: headerText, append: z.boolean().optional() });
 
 export const HttpAuth = z
   .strictObject({
@@ -89,10 +93,23 @@ export const Plugin = z
       .strictObject({
         statusCode: z.number().int().min(100).max(599).optional(),
         body: z.string().optional(),
-        headers: z.record(z.string(), z.string()).optional(),
+        headers: z.record(headerName, headerText).optional(),
       })
       .optional(),
-    jsonSchema: z.strictObject({ inline: z.string().min(1) }).optional(),
+    jsonSchema: z
+      .strictObject({
+        inline: z
+          .string()
+          .min(1)
+          .check((ctx) => {
+            try {
+              compileJsonSchema(ctx.value);
+            } catch (err) {
+              ctx.issues.push({ code: 'custom', input: ctx.value, message: `not a usable JSON Schema: ${(err as Error).message}` });
+            }
+          }),
+      })
+      .optional(),
   })
   .check(oneOf(['lua', 'extProc', 'rateLimit', 'direct', 'jsonSchema'], 'a plugin'));
 
