@@ -8,12 +8,13 @@
  *      bearer-token identity, a 3-condition CEL policy and header injection.
  * Also: p99 added latency over (a) at half our peak rate (an open-loop generator), the cost
  * of one policy decision, and our rate again with 1,000 more Services and 1,000 Policies.
- * nginx runs one worker and posternd is one Node process, so each proxy gets one core.
+ * nginx runs one worker and posternd is one Node process, so each proxy gets one core; one more row
+ * runs posternd with its public listener in two worker processes (`--proxy-workers 2`).
  * Every load run is bounded in time; everything started is stopped.
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { createServer, get } from 'node:http';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -88,6 +89,54 @@ function decisionBench(): BenchRow {
   };
 }
 
+/**
+ * posternd (one Node process, or with `--proxy-workers`) with the bench Service: bearer identity,
+ * the 3-condition policy, a request header added. Returns it, a posternctl, and dana's token.
+ */
+async function startOurs(dir: string, upstreamPort: number, extra: string[]) {
+  mkdirSync(dir, { recursive: true });
+  const d = await spawnPosternd(['up', '--domain', 'bench.test', '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0', '--public-plaintext', ...extra], { cwd: dir });
+  const env = { POSTERN_CONFIG_DIR: join(dir, 'home') };
+  const ctl = async (args: string[], stdin?: string) => {
+    const r = await runBin('posternctl', ['--domain', 'bench.test', ...args], { cwd: dir, env, ...(stdin !== undefined ? { stdin } : {}) });
+    if (r.code !== 0) throw new Error(r.err);
+    return r.out;
+  };
+  try {
+    const login = await runBin('postern', ['login', '--domain', 'bench.test', '--api', d.address, '--auth-token', d.rootToken!], { cwd: dir, env });
+    if (login.code !== 0) throw new Error(login.err);
+    await ctl(['apply', '-'], `kind: Group
+metadata: {name: dev}
+---
+kind: User
+metadata: {name: dana}
+spec: {type: HUMAN, groups: [dev]}
+---
+kind: Service
+metadata: {name: api}
+spec:
+  isPublic: true
+  config:
+    upstream: {url: "http://127.0.0.1:${upstreamPort}"}
+    http:
+      header:
+        addRequestHeaders: [{key: x-gateway, value: postern}]
+  authorization:
+    inlinePolicies:
+      - spec:
+          rules:
+            - effect: ALLOW
+              condition:
+                match: '${policyExpr}'
+`);
+    const token = (await ctl(['create', 'credential', '--user', 'dana', '--type', 'access-token'])).trim();
+    return { d, ctl, token };
+  } catch (err) {
+    await d.stop();
+    throw err;
+  }
+}
+
 export async function proxyBenchmarks(): Promise<BenchRow[]> {
   const rows: BenchRow[] = [decisionBench()];
   const dir = mkdtempSync(join(tmpdir(), 'postern-bench-proxy-'));
@@ -121,44 +170,10 @@ http {
 }
 `,
   );
-  const posternd = await spawnPosternd(['up', '--domain', 'bench.test', '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0', '--public-plaintext'], {
-    cwd: dir,
-  });
+  const posternd = await startOurs(join(dir, 'one'), pUp, []);
   try {
-    const env = { POSTERN_CONFIG_DIR: join(dir, 'home') };
-    const ctl = async (args: string[], stdin?: string) => {
-      const r = await runBin('posternctl', ['--domain', 'bench.test', ...args], { cwd: dir, env, ...(stdin !== undefined ? { stdin } : {}) });
-      if (r.code !== 0) throw new Error(r.err);
-      return r.out;
-    };
-    const login = await runBin('postern', ['login', '--domain', 'bench.test', '--api', posternd.address, '--auth-token', posternd.rootToken!], { cwd: dir, env });
-    if (login.code !== 0) throw new Error(login.err);
-    await ctl(['apply', '-'], `kind: Group
-metadata: {name: dev}
----
-kind: User
-metadata: {name: dana}
-spec: {type: HUMAN, groups: [dev]}
----
-kind: Service
-metadata: {name: api}
-spec:
-  isPublic: true
-  config:
-    upstream: {url: "http://127.0.0.1:${pUp}"}
-    http:
-      header:
-        addRequestHeaders: [{key: x-gateway, value: postern}]
-  authorization:
-    inlinePolicies:
-      - spec:
-          rules:
-            - effect: ALLOW
-              condition:
-                match: '${policyExpr}'
-`);
-    const token = (await ctl(['create', 'credential', '--user', 'dana', '--type', 'access-token'])).trim();
-    const ours = `http://${posternd.publicAddress}/api/items`;
+    const { ctl, token } = posternd;
+    const ours = `http://${posternd.d.publicAddress}/api/items`;
     const bearer = { authorization: `Bearer ${token}`, Host: 'api.bench.test' };
     // Warm every path once.
     for (const [url, h] of [[`http://127.0.0.1:${pUp}/api/items`, {}], [`http://127.0.0.1:${pPass}/api/items`, {}], [`http://127.0.0.1:${pAuth}/api/items`, { authorization: 'Bearer bench-token' }], [ours, bearer]] as const) {
@@ -184,6 +199,22 @@ spec:
       ratio: `${((us.rps / pass.rps) * 100).toFixed(0)}% of (b)`,
       target: '≥ 50% of (b)',
       pass: us.rps >= 0.5 * pass.rps,
+    });
+    // The same with the public listener in 2 worker processes (nginx keeps its one worker).
+    const workers = await startOurs(join(dir, 'workers'), pUp, ['--proxy-workers', '2']);
+    let multi: { rps: number; p99ms: number };
+    try {
+      multi = await wrk(`http://${workers.d.publicAddress}/api/items`, { authorization: `Bearer ${workers.token}`, Host: 'api.bench.test' });
+    } finally {
+      await workers.d.stop();
+    }
+    rows.push({
+      name: 'requests/s with `--proxy-workers 2` (two worker processes; nginx keeps one)',
+      ours: `${Math.round(multi.rps).toLocaleString('en')} req/s`,
+      reference: `(c) ${Math.round(auth.rps).toLocaleString('en')} req/s; (b) ${Math.round(pass.rps).toLocaleString('en')} req/s`,
+      ratio: `${(multi.rps / auth.rps).toFixed(2)}× (c); ${((multi.rps / pass.rps) * 100).toFixed(0)}% of (b)`,
+      target: '≥ 1.5× (c), ≥ 50% of (b)',
+      pass: multi.rps >= 1.5 * auth.rps && multi.rps >= 0.5 * pass.rps,
     });
     const rate = us.rps / 2;
     const directP99 = await fixedRateP99(`http://127.0.0.1:${pUp}/api/items`, rate);
@@ -228,7 +259,7 @@ spec:
       pass: drop < 0.1,
     });
   } finally {
-    await posternd.stop();
+    await posternd.d.stop();
     nginx.kill('SIGQUIT');
     authSvc.close();
     rmSync(dir, { recursive: true, force: true });

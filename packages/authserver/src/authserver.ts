@@ -38,12 +38,34 @@ interface SessionStatusShape {
 const sec = (d: Date) => Math.floor(d.getTime() / 1000);
 const suffix = () => randomBytes(4).toString('hex');
 
+/** Something that turns an access token into the caller's identity (the proxy needs only this). */
+export interface AccessTokenVerifier {
+  verifyAccessToken(token: string): Identity;
+}
+
+/**
+ * An access token's identity: signature by a key of `keys`, not expired, its session alive in
+ * `cache` with the same token ID (so refresh and logout revoke at once), its user unchanged.
+ * Reads memory only; a proxy worker process runs it on a verify-only key ring and a replica cache.
+ */
+export function verifyAccessToken(keys: KeyRing, cache: Pick<ResourceCache, 'get' | 'getByUid'>, now: Date, token: string): Identity {
+  const claims = keys.verify(token, 'access');
+  if (claims.exp !== undefined && claims.exp <= sec(now)) throw new PosternError('ERR_TOKEN_EXPIRED', 'the access token has expired; log in again');
+  const session = cache.getByUid('Session', claims.sub);
+  const status = (session?.status ?? {}) as SessionStatusShape;
+  if (!session) throw new PosternError('ERR_TOKEN_INVALID', 'the session was revoked or has ended; log in again');
+  if (status.authentication?.tokenID !== claims.tid) throw new PosternError('ERR_TOKEN_INVALID', 'the access token was replaced by a newer one (refresh or re-login)');
+  const user = cache.get('User', status.userRef?.name ?? '');
+  if (!user || user.metadata.uid !== status.userRef?.uid) throw new PosternError('ERR_TOKEN_INVALID', 'the session\'s user no longer exists');
+  return { session, user, accessTokenExpiresAt: new Date((claims.exp ?? 0) * 1000) };
+}
+
 /**
  * Login and tokens: auth-token and access-token Credentials, sessions with access and refresh
  * tokens signed by the cluster's Ed25519 keys, refresh with token-ID rotation (older tokens stop
  * working at once), logout. Reads identities from a watch-fed cache; writes through the store.
  */
-export class AuthServer {
+export class AuthServer implements AccessTokenVerifier {
   private keys: KeyRing;
 
   constructor(
@@ -254,15 +276,7 @@ export class AuthServer {
 
   /** Checks an access token against its session; throws ERR_TOKEN_INVALID / ERR_TOKEN_EXPIRED. No database round trip. */
   verifyAccessToken(token: string): Identity {
-    const claims = this.keys.verify(token, 'access');
-    this.checkExpiry(claims, 'access token');
-    const session = this.cache.getByUid('Session', claims.sub);
-    const status = (session?.status ?? {}) as SessionStatusShape;
-    if (!session) throw new PosternError('ERR_TOKEN_INVALID', 'the session was revoked or has ended; log in again');
-    if (status.authentication?.tokenID !== claims.tid) throw new PosternError('ERR_TOKEN_INVALID', 'the access token was replaced by a newer one (refresh or re-login)');
-    const user = this.cache.get('User', status.userRef?.name ?? '');
-    if (!user || user.metadata.uid !== status.userRef?.uid) throw new PosternError('ERR_TOKEN_INVALID', 'the session\'s user no longer exists');
-    return { session, user, accessTokenExpiresAt: new Date((claims.exp ?? 0) * 1000) };
+    return verifyAccessToken(this.keys, this.cache, this.now(), token);
   }
 
   /** Ends the session the access token belongs to. */

@@ -44,16 +44,18 @@ const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64url');
  */
 export class KeyRing {
   private readonly publicKeys = new Map<string, KeyObject>();
-  private readonly signer: { kid: string; key: KeyObject };
+  private readonly signer: { kid: string; key: KeyObject } | undefined;
 
+  /** Keys without a private part (`privateKeyPem` empty) make a ring that only verifies. */
   constructor(keys: readonly StoredKey[]) {
     const newest = [...keys].sort((a, b) => a.createdAt.localeCompare(b.createdAt)).at(-1);
     if (!newest) throw new Error('KeyRing needs at least one key');
     for (const k of keys) this.publicKeys.set(k.kid, createPublicKey(k.publicKeyPem));
-    this.signer = { kid: newest.kid, key: createPrivateKey(newest.privateKeyPem) };
+    this.signer = newest.privateKeyPem ? { kid: newest.kid, key: createPrivateKey(newest.privateKeyPem) } : undefined;
   }
 
   sign(claims: TokenClaims): string {
+    if (!this.signer) throw new Error('this key ring only verifies (it holds no private key)');
     const head = b64(JSON.stringify({ alg: 'EdDSA', typ: 'JWT', kid: this.signer.kid }));
     const body = b64(JSON.stringify(claims));
     const sig = sign(null, Buffer.from(`${head}.${body}`), this.signer.key);

@@ -6,11 +6,13 @@ import { AuthServer, ensureSigningKeys } from '@postern/authserver';
 import { Proxy, UpstreamPools } from '@postern/proxy';
 import { ResourceCache, openStore, type SqlStore } from '@postern/store';
 import { createSecureContext } from 'node:tls';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
+import { posterndLogger } from './log.js';
 import { ensureClusterInfo, initCluster } from './init.js';
 import { GatewayHost, type GatewayOptions } from './gateway.js';
 import { Controller } from '@postern/controller';
 import { LeafIssuer, clusterTls } from './tls.js';
+import { ProxyWorkers } from './proxy-workers.js';
 
 export interface ClusterOptions {
   /** Cluster domain; required the first time, read from the data afterwards. */
@@ -35,6 +37,8 @@ export interface ClusterOptions {
   proxy?: boolean;
   /** How long the proxy waits for an upstream's response headers before answering 504; default 60 s. */
   upstreamTimeoutMs?: number;
+  /** Serve the public listener from this many worker processes (0: in this process). */
+  proxyWorkers?: number;
   /** Run this host as a gateway too (WireGuard agent, private DNS, Service listeners). Needs root. */
   gateway?: GatewayOptions;
   logger?: Logger;
@@ -99,13 +103,9 @@ function lockDataDir(dir: string): () => void {
 export async function startCluster(opts: ClusterOptions): Promise<RunningCluster> {
   const now = opts.now ?? (() => new Date());
   const cleanups0: (() => void)[] = [];
-  // Buffered, asynchronous writes: the proxy logs a line per request. Redaction names exact paths
-  // (wildcards cost on every line); no log call passes tokens or headers, this is a second guard.
-  const destination = pino.destination({ dest: 2, sync: false, minLength: 4096 });
-  const logger =
-    opts.logger ??
-    pino({ name: 'posternd', level: process.env.POSTERN_LOG_LEVEL ?? 'info', redact: { paths: ['token', 'accessToken', 'refreshToken', 'authorization', 'headers.authorization', 'err.config.headers'], censor: '[redacted]' } }, destination);
-  if (!opts.logger) cleanups0.push(() => destination.flushSync());
+  const own = opts.logger ? undefined : posterndLogger();
+  const logger = opts.logger ?? own!.logger;
+  if (own) cleanups0.push(own.flush);
   const dataDir = opts.database ? undefined : resolve(opts.dataDir ?? '.postern');
   let unlock: (() => void) | undefined;
   if (dataDir) {
@@ -145,6 +145,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
           if (k.length !== keys.length || k.at(-1)?.kid !== keys.at(-1)?.kid) {
             keys = k;
             auth.setKeys(k);
+            workers?.setKeys(k);
             logger.info({ kids: k.map((x) => x.kid) }, 'signing keys rotated');
           }
         })
@@ -156,6 +157,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
     const tls = opts.insecure ? undefined : await clusterTls(store, info.domain, [`api.${info.domain}`, 'localhost', '127.0.0.1', '::1', ...(host && host !== '0.0.0.0' && host !== '::' ? [host] : []), ...(opts.certNames ?? [])], now());
     let proxy: Proxy | undefined;
+    let workers: ProxyWorkers | undefined;
     let publicAddress: string | undefined;
     if (opts.proxy !== false) {
       proxy = new Proxy({ cache, auth, domain: info.domain, logger: logger.child({ component: 'proxy' }), now, ...(opts.upstreamTimeoutMs ? { pools: new UpstreamPools({ headersTimeoutMs: opts.upstreamTimeoutMs }) } : {}) });
@@ -174,7 +176,11 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
         const { host: ph, port: pp } = splitListen(pub);
         const issuer = await LeafIssuer.open(store, info.domain, now);
         const fallback = await issuer.certFor(`${info.domain}`);
-        const bound = opts.publicPlaintext ? await proxy.listenPublicPlaintext(ph, pp) : await proxy.listenPublic(ph, pp, {
+        if (opts.proxyWorkers) {
+          workers = new ProxyWorkers({ count: opts.proxyWorkers, domain: info.domain, host: ph, port: pp, plaintext: !!opts.publicPlaintext, cache, keys: () => keys, certFor: (n) => issuer.certFor(n), ...(opts.upstreamTimeoutMs ? { upstreamTimeoutMs: opts.upstreamTimeoutMs } : {}), logger });
+          cleanups.push(() => workers!.close());
+        }
+        const bound = workers ? await workers.start() : opts.publicPlaintext ? await proxy.listenPublicPlaintext(ph, pp) : await proxy.listenPublic(ph, pp, {
           key: fallback.key,
           cert: fallback.cert,
           SNICallback: (servername, cb) => {

@@ -2,14 +2,14 @@ import { randomUUID } from 'node:crypto';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Duplex, Readable } from 'node:stream';
 import { isPosternError, type AnyResource } from '@postern/apis';
-import type { AuthServer } from '@postern/authserver';
+import type { AccessTokenVerifier } from '@postern/authserver';
 import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
 import type { ResourceCache } from '@postern/store';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { logAccess, type AccessLogEntry } from './access-log.js';
 import type { LuaRequestState } from './lua.js';
-import { PluginRunner } from './plugins.js';
+import { PluginRunner, type RateCounter } from './plugins.js';
 import { HttpError, statusText } from './http-error.js';
 import { counted, drain, readLimited } from './bodies.js';
 import { answerPreflight, corsResponseHeaders } from './cors.js';
@@ -27,7 +27,8 @@ export const proxyCacheKinds = ['Service', 'Namespace', 'User', 'Group', 'Sessio
 export interface ProxyCoreOptions {
   /** A started cache of at least `proxyCacheKinds`. */
   cache: ResourceCache;
-  auth: AuthServer;
+  /** Access tokens to identities: the AuthServer, or a verifier over a replica cache (proxy workers). */
+  auth: AccessTokenVerifier;
   domain: string;
   /** Access log and errors. */
   logger: Logger;
@@ -35,6 +36,8 @@ export interface ProxyCoreOptions {
   pools?: UpstreamPools;
   /** How long to wait for an upstream's response headers before 504; default 60 s. */
   upstreamTimeoutMs?: number;
+  /** Where rate-limit plugins count; default this process's memory. */
+  rateCounter?: RateCounter;
 }
 
 /** Where a request came in: a Service's own listener (tunnel side) or the public HTTPS listener. */
@@ -82,7 +85,7 @@ export class ProxyCore {
     this.log = opts.logger;
     this.pools = opts.pools ?? new UpstreamPools();
     this.upstreamTimeoutMs = opts.upstreamTimeoutMs ?? 60_000;
-    this.plugins = new PluginRunner(this.now);
+    this.plugins = new PluginRunner(this.now, opts.rateCounter);
     this.identity = new IdentityIndex(opts.cache, opts.auth);
     this.upstreamAuth = new UpstreamAuth((name) => {
       const data = (opts.cache.get('Secret', name)?.spec as { data?: { value?: string; valueBytes?: string } } | undefined)?.data;

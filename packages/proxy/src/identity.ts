@@ -1,5 +1,5 @@
 import type { AnyResource } from '@postern/apis';
-import type { AuthServer } from '@postern/authserver';
+import type { AccessTokenVerifier } from '@postern/authserver';
 import type { ResourceCache } from '@postern/store';
 
 /** Who is calling, as the proxy found out. */
@@ -30,7 +30,7 @@ export class IdentityIndex {
   private readonly bySession = new Map<string, string[]>();
   private readonly unsubscribe: () => void;
 
-  constructor(private readonly cache: ResourceCache, private readonly auth: AuthServer) {
+  constructor(private readonly cache: ResourceCache, private readonly auth: AccessTokenVerifier) {
     this.rebuild();
     this.unsubscribe = cache.onChange((ev) => {
       if (ev.type === 'RESYNC') return this.rebuild();

@@ -11,4 +11,5 @@ export { compileService, rewritePath, type CompiledService, type Route } from '.
 export { IdentityIndex, tokenFromRequest, type Caller } from './identity.js';
 export { framingProblem } from './headers.js';
 export { UpstreamPools, Balancer } from './upstream.js';
+export { LocalRateCounter, type RateCounter, type RateWindow } from './plugins.js';
 export { explainRequest, type ExplainInput, type Explanation } from './explain.js';

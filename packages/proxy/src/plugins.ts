@@ -7,6 +7,33 @@ import type { Caller } from './identity.js';
 import { LuaPlugin, type LuaRequestState, type LuaResponseState } from './lua.js';
 import type { Route } from './routes.js';
 
+/** A rate-limit window: when it started and how many hits it holds, this one included. */
+export interface RateWindow {
+  start: number;
+  count: number;
+}
+
+/** Counts hits per key in fixed windows. With proxy workers, one counter in the primary serves them all. */
+export interface RateCounter {
+  hit(key: string, windowMs: number, now: number): RateWindow | Promise<RateWindow>;
+}
+
+/** Windows in this process's memory; ended ones are pruned, so many keys cannot grow it without bound. */
+export class LocalRateCounter implements RateCounter {
+  private readonly windows = new Map<string, RateWindow & { windowMs: number }>();
+
+  hit(key: string, windowMs: number, now: number): RateWindow {
+    const w = this.windows.get(key);
+    if (w && now - w.start < windowMs) {
+      w.count++;
+      return { start: w.start, count: w.count };
+    }
+    if (!w && this.windows.size >= 100_000) for (const [k, x] of this.windows) if (now - x.start >= x.windowMs) this.windows.delete(k);
+    this.windows.set(key, { start: now, count: 1, windowMs });
+    return { start: now, count: 1 };
+  }
+}
+
 /**
  * Runs a route's plugins: `direct` answers at once, `rateLimit` counts per key in fixed windows,
  * `jsonSchema` checks the buffered body, Lua runs in its sandbox (compiled once per distinct
@@ -14,9 +41,10 @@ import type { Route } from './routes.js';
  */
 export class PluginRunner {
   private readonly lua = new Map<string, Promise<LuaPlugin>>();
-  private readonly rateWindows = new Map<string, { start: number; count: number; windowMs: number }>();
-
-  constructor(private readonly now: () => Date) {}
+  constructor(
+    private readonly now: () => Date,
+    private readonly counter: RateCounter = new LocalRateCounter(),
+  ) {}
 
   /** Compiles a Lua plugin once per distinct source. */
   private luaPlugin(name: string, source: string): Promise<LuaPlugin> {
@@ -64,11 +92,8 @@ export class PluginRunner {
         const key = `${p.name}|${who ?? 'anonymous'}`;
         const windowMs = durationMs(rl.window) ?? 60_000;
         const t = this.now().getTime();
-        const w = this.rateWindows.get(key);
-        if (!w || t - w.start >= windowMs) {
-          if (!w && this.rateWindows.size >= 100_000) this.pruneWindows(t);
-          this.rateWindows.set(key, { start: t, count: 1, windowMs });
-        } else if (++w.count > rl.limit) throw new HttpError(429, 'rate limit exceeded', `plugin ${p.name}`, { 'retry-after': String(Math.ceil((w.start + windowMs - t) / 1000)) });
+        const w = await this.counter.hit(key, windowMs, t);
+        if (w.count > rl.limit) throw new HttpError(429, 'rate limit exceeded', `plugin ${p.name}`, { 'retry-after': String(Math.max(1, Math.ceil((w.start + windowMs - t) / 1000))) });
         continue;
       }
       if (p.lua) {
@@ -107,11 +132,6 @@ export class PluginRunner {
       throw new HttpError(500, 'a gateway plugin failed', `plugin ${plugin} key.eval: ${(err as Error).message}`);
     }
     return typeof v === 'string' ? v : JSON.stringify(v ?? null, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x));
-  }
-
-  /** Forgets windows that have ended, so many distinct keys cannot grow the map without bound. */
-  private pruneWindows(t: number): void {
-    for (const [k, w] of this.rateWindows) if (t - w.start >= w.windowMs) this.rateWindows.delete(k);
   }
 
   async runResponse(plugins: Route['plugins'], state: LuaResponseState): Promise<void> {

@@ -17,7 +17,8 @@ export class ResourceCache {
   private closed = false;
   private version = '0';
 
-  constructor(private readonly store: ResourceStore, readonly kinds: readonly string[], private readonly log: (msg: string, err?: Error) => void = () => {}) {
+  /** Without a store, the cache is a replica fed by `load` and `apply` (a proxy worker process). */
+  constructor(private readonly store: ResourceStore | undefined, readonly kinds: readonly string[], private readonly log: (msg: string, err?: Error) => void = () => {}) {
     for (const k of kinds) {
       this.byKind.set(k, new Map());
       this.byUid.set(k, new Map());
@@ -26,14 +27,9 @@ export class ResourceCache {
 
   /** Loads every resource of the kinds and follows changes from there. Resolves when loaded. */
   async start(): Promise<void> {
+    if (!this.store) throw new Error('this cache is a replica: it is fed by load() and apply(), not by a store');
     const snap = await this.store.snapshot(this.kinds);
-    for (const m of this.byKind.values()) m.clear();
-    for (const m of this.byUid.values()) m.clear();
-    for (const r of snap.items) {
-      this.byKind.get(r.kind)?.set(r.metadata.name, r);
-      if (r.metadata.uid) this.byUid.get(r.kind)?.set(r.metadata.uid, r.metadata.name);
-    }
-    this.version = snap.version;
+    this.fill(snap.items, snap.version);
     this.watch?.close();
     this.watch = this.store.watch(
       {
@@ -48,6 +44,27 @@ export class ResourceCache {
       },
       (ev) => this.apply(ev),
     );
+  }
+
+  private fill(items: readonly AnyResource[], version: string): void {
+    for (const m of this.byKind.values()) m.clear();
+    for (const m of this.byUid.values()) m.clear();
+    for (const r of items) {
+      this.byKind.get(r.kind)?.set(r.metadata.name, r);
+      if (r.metadata.uid) this.byUid.get(r.kind)?.set(r.metadata.uid, r.metadata.name);
+    }
+    this.version = version;
+  }
+
+  /** Replaces the contents with `items` as of `version` (a replica's snapshot) and tells listeners (RESYNC). */
+  load(items: readonly AnyResource[], version: string): void {
+    this.fill(items, version);
+    for (const l of this.listeners) l({ type: 'RESYNC' });
+  }
+
+  /** Everything the cache holds, and the version it reflects: what a replica starts from. */
+  snapshot(): { items: AnyResource[]; version: string } {
+    return { items: [...this.byKind.values()].flatMap((m) => [...m.values()]), version: this.version };
   }
 
   private async restart(): Promise<void> {
