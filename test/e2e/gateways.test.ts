@@ -13,6 +13,7 @@ const fixtures = join(import.meta.dirname, '../../e2e/fixtures');
  * `gw` and in `gw2`, one real PostgreSQL (in gw, reached by gw2 over the LAN), real wireguard-go.
  * Every gateway serves every Service and has every connected session as a peer; a client uses one
  * gateway and moves to another when its gateway crashes (silent for 3 heartbeats) or stops (DOWN).
+ * gw1 serves its Service listeners from two proxy worker processes, gw2 from its own process.
  */
 describe('several gateways share one cluster', () => {
   let topo: Topology;
@@ -57,7 +58,7 @@ describe('several gateways share one cluster', () => {
     pgSrv = await TestPostgres.create({ netns: topo.gw.ns, lan: { address: topo.gw.ip, allow: '198.18.0.0/24' } });
     topo.start(topo.upstream, process.execPath, [join(fixtures, 'upstream-server.mjs'), '0.0.0.0', '9101', 'inventory']);
     gw1 = await spawnPosternd(
-      ['up', '--domain', domain, '--listen', '198.18.0.1:8443', '--public-listen', 'off', '--database', pgSrv.url, '--data', join(dir, 'gw1'), '--gateway-endpoint', '198.18.0.1', '--gateway-name', 'gw1', '--wg-interface', iface('wg'), '--gateway-heartbeat', '1'],
+      ['up', '--domain', domain, '--listen', '198.18.0.1:8443', '--public-listen', 'off', '--database', pgSrv.url, '--data', join(dir, 'gw1'), '--gateway-endpoint', '198.18.0.1', '--gateway-name', 'gw1', '--wg-interface', iface('wg'), '--gateway-heartbeat', '1', '--proxy-workers', '2'],
       { cwd: dir, netns: topo.gw.ns, timeoutMs: 60_000 },
     );
     gw2 = await startGw2();
@@ -156,6 +157,11 @@ spec:
     await topo.run(gw2Host, 'ip', ['link', 'del', iface('wh')]);
     const ms = await until('client1 moves to gw1 and reaches inventory', async () => tunnelState('c1').gatewayName === 'gw1' && (await reaches(topo.client1)));
     t.diagnostic(`failover after a crash: ${Math.round(ms)} ms (heartbeat 1 s)`);
+    // On gw1 the tunnel traffic is served by the proxy workers: they hold the upstream connections.
+    const ss = await topo.run(topo.gw, 'ss', ['-tnpH', 'state', 'established', 'dst', '198.18.9.2:9101']);
+    const owners = [...new Set([...ss.out.matchAll(/pid=(\d+)/g)].map((m) => m[1]!))];
+    assert.ok(owners.length > 0, ss.out + ss.err);
+    for (const pid of owners) assert.match(readFileSync(`/proc/${pid}/cmdline`, 'utf8'), /proxy-worker\.js/);
     assert.equal(tunnelState('c2').gatewayName, 'gw1');
     assert.ok(await reaches(topo.client2));
   });

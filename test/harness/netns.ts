@@ -104,6 +104,8 @@ export class Topology {
       proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
       proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
       const timer = setTimeout(() => proc.kill('SIGKILL'), opts.timeoutMs ?? 60_000);
+      // A command that exits without reading its input closes the pipe: that is not the test's error.
+      proc.stdin.on('error', () => {});
       proc.stdin.end(opts.input ?? '');
       proc.once('exit', (code) => {
         clearTimeout(timer);

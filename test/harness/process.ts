@@ -75,6 +75,8 @@ export function runBin(name: 'postern' | 'posternctl', args: string[], opts: { c
     let err = '';
     proc.stdout.on('data', (d: Buffer) => (out += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    // A command that exits without reading its input closes the pipe: that is not the test's error.
+    proc.stdin.on('error', () => {});
     proc.stdin.end(opts.stdin ?? '');
     proc.once('exit', (code) => resolve({ code, out, err }));
   });

@@ -172,15 +172,26 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     cleanups.push(() => api.close());
     if (proxy) {
       const pub = opts.publicListen ?? '127.0.0.1:8444';
-      if (pub !== 'off') {
-        const { host: ph, port: pp } = splitListen(pub);
-        const issuer = await LeafIssuer.open(store, info.domain, now);
+      const publicAt = pub === 'off' ? undefined : splitListen(pub);
+      const issuer = await LeafIssuer.open(store, info.domain, now);
+      if (opts.proxyWorkers) {
+        workers = new ProxyWorkers({
+          count: opts.proxyWorkers,
+          domain: info.domain,
+          ...(publicAt ? { public: { ...publicAt, plaintext: !!opts.publicPlaintext } } : {}),
+          cache,
+          keys: () => keys,
+          certFor: (n) => issuer.certFor(n),
+          ...(opts.upstreamTimeoutMs ? { upstreamTimeoutMs: opts.upstreamTimeoutMs } : {}),
+          logger,
+        });
+        cleanups.push(() => workers!.close());
+        await workers.start();
+      }
+      if (publicAt) {
+        const { host: ph, port: pp } = publicAt;
         const fallback = await issuer.certFor(`${info.domain}`);
-        if (opts.proxyWorkers) {
-          workers = new ProxyWorkers({ count: opts.proxyWorkers, domain: info.domain, host: ph, port: pp, plaintext: !!opts.publicPlaintext, cache, keys: () => keys, certFor: (n) => issuer.certFor(n), ...(opts.upstreamTimeoutMs ? { upstreamTimeoutMs: opts.upstreamTimeoutMs } : {}), logger });
-          cleanups.push(() => workers!.close());
-        }
-        const bound = workers ? await workers.start() : opts.publicPlaintext ? await proxy.listenPublicPlaintext(ph, pp) : await proxy.listenPublic(ph, pp, {
+        const bound = workers ? workers.port! : opts.publicPlaintext ? await proxy.listenPublicPlaintext(ph, pp) : await proxy.listenPublic(ph, pp, {
           key: fallback.key,
           cert: fallback.cert,
           SNICallback: (servername, cb) => {
@@ -195,7 +206,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     let gateway: GatewayHost | undefined;
     if (opts.gateway) {
       if (!proxy) throw new PosternError('ERR_USAGE', 'a gateway needs the proxy');
-      gateway = new GatewayHost({ store, cache, proxy, domain: info.domain, ipv6Prefix, dataDir: dataDir ?? resolve('.postern'), logger: logger.child({ component: 'gateway' }) }, opts.gateway);
+      gateway = new GatewayHost({ store, cache, listeners: workers ?? proxy, domain: info.domain, ipv6Prefix, dataDir: dataDir ?? resolve('.postern'), logger: logger.child({ component: 'gateway' }) }, opts.gateway);
       await gateway.start();
       // The interface stays when posternd stops: a restart reconciles it without dropping tunnels.
       cleanups.push(() => gateway!.close());

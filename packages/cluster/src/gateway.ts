@@ -1,9 +1,14 @@
 import { dnsOffset, ipv4At, ipv6At, splitNamespaced, type AnyResource } from '@postern/apis';
 import { DnsServer } from '@postern/dns';
 import { GatewayAgent, runTool, type Implementation } from '@postern/gateway-agent';
-import type { Proxy } from '@postern/proxy';
 import type { ResourceCache, ResourceStore } from '@postern/store';
 import type { Logger } from 'pino';
+
+/** Where Service listeners open: the proxy in this process, or its worker processes. */
+export interface ServiceListeners {
+  listenService(fullName: string, host: string, port: number): Promise<number>;
+  unlistenService(fullName: string, host: string): Promise<void>;
+}
 
 export interface GatewayOptions {
   /** This gateway's name; default the host name. */
@@ -40,7 +45,7 @@ export class GatewayHost {
   private queue = Promise.resolve();
 
   constructor(
-    private readonly deps: { store: ResourceStore; cache: ResourceCache; proxy: Proxy; domain: string; ipv6Prefix: string; dataDir: string; logger: Logger },
+    private readonly deps: { store: ResourceStore; cache: ResourceCache; listeners: ServiceListeners; domain: string; ipv6Prefix: string; dataDir: string; logger: Logger },
     private readonly opts: GatewayOptions,
   ) {
     const log = (level: 'info' | 'warn', msg: string, fields?: Record<string, unknown>) => deps.logger[level](fields ?? {}, msg);
@@ -99,13 +104,13 @@ export class GatewayHost {
     for (const [name, have] of this.listening) {
       const next = want.get(name);
       if (!next || next.ip !== have.ip || next.port !== have.port) {
-        await this.deps.proxy.unlistenService(name, have.ip);
+        await this.deps.listeners.unlistenService(name, have.ip);
         this.listening.delete(name);
       }
     }
     for (const [name, w] of want) {
       if (this.listening.has(name)) continue;
-      await this.deps.proxy.listenService(name, w.ip, w.port);
+      await this.deps.listeners.listenService(name, w.ip, w.port);
       this.listening.set(name, w);
       this.deps.logger.info({ service: name, address: `${w.ip}:${w.port}`, host: splitNamespaced(name).name }, 'service listener up');
     }

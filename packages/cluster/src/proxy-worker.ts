@@ -1,6 +1,6 @@
 /**
  * A proxy worker process (`posternd up --proxy-workers N`, started by ProxyWorkers): serves the
- * public listener from a copy of the primary's cache, fed over IPC. It holds no database
+ * public listener and the Service listeners from a copy of the primary's cache, fed over IPC. It holds no database
  * connection, no private signing key and not the CA key.
  */
 import { createSecureContext } from 'node:tls';
@@ -45,20 +45,24 @@ async function init(m: Extract<ToWorker, { t: 'init' }>): Promise<void> {
   const verifier = { verifyAccessToken: (token: string) => verifyAccessToken(ring!, c, new Date(), token) };
   proxy = new Proxy({ cache: c, auth: verifier, domain: m.domain, logger, rateCounter: counter, ...(m.upstreamTimeoutMs ? { pools: new UpstreamPools({ headersTimeoutMs: m.upstreamTimeoutMs }) } : {}) });
   const domain = m.domain;
-  const port = m.plaintext
-    ? await proxy.listenPublicPlaintext(m.host, m.port)
-    : await proxy.listenPublic(m.host, m.port, {
-        key: m.fallback!.key,
-        cert: m.fallback!.cert,
-        SNICallback: (servername, cb) => {
-          const name = servername.toLowerCase();
-          if (name !== domain && !name.endsWith(`.${domain}`)) return cb(null, undefined);
-          ask<Extract<ToWorker, { t: 'cert' }>>({ t: 'cert', name }).then(
-            (r) => (r.key && r.cert ? cb(null, createSecureContext({ key: r.key, cert: r.cert })) : cb(new Error(r.error ?? 'no certificate'), undefined)),
-            (err: Error) => cb(err, undefined),
-          );
-        },
-      });
+  const pub = m.public;
+  const port = !pub
+    ? undefined
+    : pub.plaintext
+      ? await proxy.listenPublicPlaintext(pub.host, pub.port)
+      : await proxy.listenPublic(pub.host, pub.port, {
+          key: pub.fallback!.key,
+          cert: pub.fallback!.cert,
+          SNICallback: (servername, cb) => {
+            const name = servername.toLowerCase();
+            if (name !== domain && !name.endsWith(`.${domain}`)) return cb(null, undefined);
+            ask<Extract<ToWorker, { t: 'cert' }>>({ t: 'cert', name }).then(
+              (r) => (r.key && r.cert ? cb(null, createSecureContext({ key: r.key, cert: r.cert })) : cb(new Error(r.error ?? 'no certificate'), undefined)),
+              (err: Error) => cb(err, undefined),
+            );
+          },
+        });
+  for (const l of m.services) await proxy.listenService(l.fullName, l.host, l.port);
   send({ t: 'listening', port });
 }
 
@@ -70,6 +74,18 @@ process.on('message', (m: ToWorker) => {
         flush();
         process.exit(1);
       });
+      return;
+    case 'listen':
+      proxy!.listenService(m.service.fullName, m.service.host, m.service.port).then(
+        (port) => send({ t: 'done', id: m.id, port }),
+        (err: Error) => send({ t: 'done', id: m.id, error: err.message }),
+      );
+      return;
+    case 'unlisten':
+      proxy!.unlistenService(m.fullName, m.host).then(
+        () => send({ t: 'done', id: m.id }),
+        (err: Error) => send({ t: 'done', id: m.id, error: err.message }),
+      );
       return;
     case 'event':
       cache?.apply(m.ev);

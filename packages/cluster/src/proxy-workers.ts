@@ -7,8 +7,17 @@ import type { ResourceCache, WatchEvent } from '@postern/store';
 import type { Logger } from 'pino';
 
 /** What the primary tells a proxy worker. */
+/** A Service's listener on this host (tunnel side): `listenService` in every worker. */
+export interface ServiceListener {
+  fullName: string;
+  host: string;
+  port: number;
+}
+
 export type ToWorker =
-  | { t: 'init'; domain: string; host: string; port: number; plaintext: boolean; items: AnyResource[]; version: string; keys: StoredKey[]; upstreamTimeoutMs?: number; fallback?: { key: string; cert: string } }
+  | { t: 'init'; domain: string; public?: { host: string; port: number; plaintext: boolean; fallback?: { key: string; cert: string } }; services: ServiceListener[]; items: AnyResource[]; version: string; keys: StoredKey[]; upstreamTimeoutMs?: number }
+  | { t: 'listen'; id: number; service: ServiceListener }
+  | { t: 'unlisten'; id: number; fullName: string; host: string }
   | { t: 'event'; ev: WatchEvent }
   | { t: 'resync'; items: AnyResource[]; version: string }
   | { t: 'keys'; keys: StoredKey[] }
@@ -16,14 +25,13 @@ export type ToWorker =
   | { t: 'rate'; id: number; start: number; count: number };
 
 /** What a proxy worker asks of the primary. */
-export type FromWorker = { t: 'ready' } | { t: 'listening'; port: number } | { t: 'cert'; id: number; name: string } | { t: 'rate'; id: number; key: string; windowMs: number; now: number };
+export type FromWorker = { t: 'ready' } | { t: 'listening'; port: number | undefined } | { t: 'done'; id: number; port?: number; error?: string } | { t: 'cert'; id: number; name: string } | { t: 'rate'; id: number; key: string; windowMs: number; now: number };
 
 export interface ProxyWorkersOptions {
   count: number;
   domain: string;
-  host: string;
-  port: number;
-  plaintext: boolean;
+  /** The public listener, if this host has one. */
+  public?: { host: string; port: number; plaintext: boolean };
   /** The primary's cache (at least the proxy's kinds): the workers get a copy and every change. */
   cache: ResourceCache;
   /** The signing keys now; workers get only their public halves. */
@@ -39,8 +47,9 @@ const publicOnly = (keys: readonly StoredKey[]): StoredKey[] => keys.map((k) => 
 const proxyKinds = new Set<string>(proxyCacheKinds);
 
 /**
- * The public listener served by several processes (`posternd up --proxy-workers N`): one Node
- * process forwards at most ~20,000 requests/s, so the request path scales with cores this way.
+ * The proxy's listeners — the public one and every Service's — served by several processes
+ * (`posternd up --proxy-workers N`): one Node process forwards at most ~20,000 requests/s, so the
+ * request path scales with cores this way.
  * Workers share the listening socket (the kernel spreads connections), hold a copy of the cache
  * fed from here over IPC (no database connection of their own, so this works on PGlite too),
  * verify tokens with the public keys only, ask here for TLS certificates (the CA key never leaves
@@ -52,12 +61,17 @@ export class ProxyWorkers {
   private readonly counter = new LocalRateCounter();
   private unsubscribe: (() => void) | undefined;
   private closing = false;
-  /** The port the workers share (known once the first listens). */
-  port = 0;
+  /** The public port the workers share (known once the first listens). */
+  port: number | undefined;
+  /** Service listeners every worker holds, also given to a worker started later. */
+  private readonly services = new Map<string, ServiceListener>();
+  private nextId = 1;
+  private readonly pending = new Map<number, { left: number; resolve: (port: number) => void; reject: (err: Error) => void; port?: number }>();
 
   constructor(private readonly opts: ProxyWorkersOptions) {}
 
-  async start(): Promise<number> {
+  /** Starts the workers; resolves with the public port they share (undefined without a public listener). */
+  async start(): Promise<number | undefined> {
     // Shared socket, accepted by the workers themselves: the primary is busy with the database.
     cluster.schedulingPolicy = cluster.SCHED_NONE;
     cluster.setupPrimary({ exec: fileURLToPath(new URL('./proxy-worker.js', import.meta.url)), args: [], silent: false });
@@ -66,8 +80,31 @@ export class ProxyWorkers {
       else if (proxyKinds.has(ev.resource.kind)) this.broadcast({ t: 'event', ev });
     });
     const ports = await Promise.all(Array.from({ length: this.opts.count }, () => this.fork()));
-    this.port = ports[0]!;
+    this.port = ports[0];
     return this.port;
+  }
+
+  /** A Service listener in every worker (they share the socket); resolves with its port. */
+  listenService(fullName: string, host: string, port: number): Promise<number> {
+    const service = { fullName, host, port };
+    this.services.set(`${fullName}|${host}`, service);
+    return this.everyWorker((id) => ({ t: 'listen', id, service }));
+  }
+
+  async unlistenService(fullName: string, host: string): Promise<void> {
+    this.services.delete(`${fullName}|${host}`);
+    await this.everyWorker((id) => ({ t: 'unlisten', id, fullName, host }));
+  }
+
+  /** Sends a command to every worker and waits until all have done it. */
+  private everyWorker(message: (id: number) => ToWorker): Promise<number> {
+    const id = this.nextId++;
+    const workers = [...this.ready].filter((w) => w.isConnected());
+    if (workers.length === 0) return Promise.reject(new Error('no proxy worker is running'));
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { left: workers.length, resolve, reject });
+      for (const w of workers) w.send(message(id));
+    });
   }
 
   private snapshot(): { items: AnyResource[]; version: string } {
@@ -84,9 +121,11 @@ export class ProxyWorkers {
     for (const w of this.ready) if (w.isConnected()) w.send(m);
   }
 
-  private fork(): Promise<number> {
+  private fork(): Promise<number | undefined> {
     const o = this.opts;
     const w = cluster.fork();
+    // A send to a worker that is going away fails; its 'exit' handles the rest.
+    w.on('error', (err: Error) => o.logger.debug({ worker: w.process.pid, err: err.message }, 'proxy worker channel error'));
     return new Promise((resolve, reject) => {
       let up = false;
       w.on('message', (m: FromWorker) => {
@@ -94,20 +133,41 @@ export class ProxyWorkers {
           // Sent once its handler is in place ('online' comes before its modules load, and a
           // message sent then would be lost).
           void (async () => {
-            const fallback = o.plaintext || !o.certFor ? undefined : await o.certFor(o.domain);
+            const pub = o.public;
+            const fallback = !pub || pub.plaintext || !o.certFor ? undefined : await o.certFor(o.domain);
             // The copy and the events after it go down the same ordered channel: nothing is missed.
-            w.send({ t: 'init', domain: o.domain, host: o.host, port: this.port || o.port, plaintext: o.plaintext, ...this.snapshot(), keys: publicOnly(o.keys()), ...(o.upstreamTimeoutMs ? { upstreamTimeoutMs: o.upstreamTimeoutMs } : {}), ...(fallback ? { fallback } : {}) } satisfies ToWorker);
+            w.send({
+              t: 'init',
+              domain: o.domain,
+              ...(pub ? { public: { host: pub.host, port: this.port ?? pub.port, plaintext: pub.plaintext, ...(fallback ? { fallback } : {}) } } : {}),
+              services: [...this.services.values()],
+              ...this.snapshot(),
+              keys: publicOnly(o.keys()),
+              ...(o.upstreamTimeoutMs ? { upstreamTimeoutMs: o.upstreamTimeoutMs } : {}),
+            } satisfies ToWorker);
             this.ready.add(w);
           })().catch(reject);
         } else if (m.t === 'listening') {
           up = true;
-          o.logger.info({ worker: w.process.pid, port: m.port }, 'proxy worker up');
+          o.logger.info({ worker: w.process.pid, ...(m.port ? { port: m.port } : {}), services: this.services.size }, 'proxy worker up');
           resolve(m.port);
+        } else if (m.t === 'done') {
+          const p = this.pending.get(m.id);
+          if (!p) return;
+          if (m.error) {
+            this.pending.delete(m.id);
+            return p.reject(new Error(`proxy worker ${w.process.pid}: ${m.error}`));
+          }
+          p.port ??= m.port;
+          if (--p.left === 0) {
+            this.pending.delete(m.id);
+            p.resolve(p.port ?? 0);
+          }
         } else if (m.t === 'rate') {
           const r = this.counter.hit(m.key, m.windowMs, m.now);
           w.send({ t: 'rate', id: m.id, ...r } satisfies ToWorker);
         } else if (m.t === 'cert') {
-          if (!o.certFor) return w.send({ t: 'cert', id: m.id, error: 'no certificates here (plaintext listener)' } satisfies ToWorker);
+          if (!o.certFor) return w.send({ t: 'cert', id: m.id, error: 'no certificates here' } satisfies ToWorker);
           o.certFor(m.name).then(
             (c) => w.send({ t: 'cert', id: m.id, ...c } satisfies ToWorker),
             (err: Error) => w.send({ t: 'cert', id: m.id, error: err.message } satisfies ToWorker),
@@ -116,6 +176,13 @@ export class ProxyWorkers {
       });
       w.once('exit', (code, signal) => {
         this.ready.delete(w);
+        // A command it will not answer any more: count it as done, or as failed if none is left.
+        for (const [id, p] of this.pending) {
+          if (--p.left > 0) continue;
+          this.pending.delete(id);
+          if (p.port !== undefined) p.resolve(p.port);
+          else p.reject(new Error('the proxy workers ended'));
+        }
         if (!up) return reject(new Error(`a proxy worker exited before listening (${signal ?? code})`));
         if (this.closing) return;
         o.logger.warn({ worker: w.process.pid, code, signal }, 'proxy worker ended; starting another');
