@@ -30,6 +30,24 @@ export async function freePort(): Promise<number> {
   });
 }
 
+/**
+ * A free port below the kernel's ephemeral range (32768+), for a server that stops and starts
+ * again on the same port: while it is down, no outgoing connection's source port and no
+ * `listen(0)` elsewhere can take it.
+ */
+export async function stablePort(): Promise<number> {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = 20_000 + Math.floor(Math.random() * 10_000);
+    const free = await new Promise<boolean>((resolve) => {
+      const srv = createServer();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, '127.0.0.1', () => srv.close(() => resolve(true)));
+    });
+    if (free) return port;
+  }
+  throw new Error('no free port in 20000-29999');
+}
+
 /** PostgreSQL refuses to run as root: as root, run it as the `postgres` (or `nobody`) user. */
 function serverUser(): { uid: number; gid: number } | undefined {
   if (process.getuid?.() !== 0) return undefined;
@@ -83,7 +101,7 @@ export class TestPostgres {
       ...(user ?? {}),
     });
     if (opts.lan) appendFileSync(join(data, 'pg_hba.conf'), `host all all ${opts.lan.allow} trust\n`);
-    const pgSrv = new TestPostgres(dir, await freePort(), bin, user, opts.netns, opts.lan);
+    const pgSrv = new TestPostgres(dir, await stablePort(), bin, user, opts.netns, opts.lan);
     await pgSrv.start();
     return pgSrv;
   }
