@@ -283,6 +283,8 @@ export class ApiServer {
             const userName = identity.user.metadata.name;
             const follows = new Set(['Gateway', 'Service', 'Policy', 'Namespace', 'ClusterConfig', 'Group']);
             let last = JSON.stringify(first);
+            let services = first.services;
+            let servicesStale = false;
             let pending: NodeJS.Timeout | undefined;
             const push = () => {
               pending = undefined;
@@ -294,7 +296,13 @@ export class ApiServer {
                 return;
               }
               const user = this.opts.cache.get('User', userName) ?? identity.user;
-              const next = this.tunnels.state({ ...identity, user, session }, conn.connection?.addresses ?? first.addresses);
+              // Gateways heartbeat: when only they changed, the Services reachable did not.
+              const who = { ...identity, user, session };
+              if (servicesStale) {
+                services = this.servicesFor(who, undefined);
+                servicesStale = false;
+              }
+              const next = this.tunnels.state(who, conn.connection?.addresses ?? first.addresses, services);
               const text = JSON.stringify(next);
               if (text !== last) {
                 last = text;
@@ -302,10 +310,12 @@ export class ApiServer {
               }
             };
             const unsubscribe = this.opts.cache.onChange((ev) => {
-              if (ev.type !== 'RESYNC') {
+              if (ev.type === 'RESYNC') servicesStale = true;
+              else {
                 const { kind, metadata } = ev.resource;
                 const own = (kind === 'Session' && metadata.name === sessionName) || (kind === 'User' && metadata.name === userName);
                 if (!own && !follows.has(kind)) return;
+                if (kind !== 'Gateway') servicesStale = true;
                 // The session itself ending is acted on at once.
                 if (kind === 'Session' && (ev.type === 'DELETED' || !(ev.resource.status as { isConnected?: boolean } | undefined)?.isConnected)) return push();
               }

@@ -52,9 +52,10 @@ export class Tunnels {
    * ones (READY and heard from within 3 heartbeats) first, each session's order its own (a
    * rendezvous hash of session and gateway), so sessions spread over gateways and a gateway that
    * comes or goes moves only its share. Gateways that are down are listed only when none is live:
-   * a single gateway restarting does not take the tunnel away.
+   * a single gateway restarting does not take the tunnel away. `services`, when given, is what
+   * the session may reach (computed by the caller when it knows nothing changed it).
    */
-  state(identity: Identity, addresses: string[]): ConnectState {
+  state(identity: Identity, addresses: string[], services?: ServiceInfo[]): ConnectState {
     const session = identity.session;
     const allowedIps = [clusterCidrV4, clusterCidrV6(this.ipv6Prefix)];
     const now = this.now().getTime();
@@ -77,7 +78,7 @@ export class Tunnels {
       domain: this.domain,
       keepaliveSeconds,
       session: session.metadata.name,
-      services: this.servicesFor(identity),
+      services: services ?? this.servicesFor(identity),
     };
   }
 
