@@ -6,6 +6,15 @@ import { LocalRateCounter, proxyCacheKinds } from '@postern/proxy';
 import type { ResourceCache, WatchEvent } from '@postern/store';
 import type { Logger } from 'pino';
 
+/** A command every worker must answer: who still owes an answer, and the first port one gave. */
+interface Pending {
+  owing: Set<Worker>;
+  replied: boolean;
+  port?: number;
+  resolve: (port: number) => void;
+  reject: (err: Error) => void;
+}
+
 /** What the primary tells a proxy worker. */
 /** A Service's listener on this host (tunnel side): `listenService` in every worker. */
 export interface ServiceListener {
@@ -66,7 +75,7 @@ export class ProxyWorkers {
   /** Service listeners every worker holds, also given to a worker started later. */
   private readonly services = new Map<string, ServiceListener>();
   private nextId = 1;
-  private readonly pending = new Map<number, { left: number; resolve: (port: number) => void; reject: (err: Error) => void; port?: number }>();
+  private readonly pending = new Map<number, Pending>();
 
   constructor(private readonly opts: ProxyWorkersOptions) {}
 
@@ -102,7 +111,7 @@ export class ProxyWorkers {
     const workers = [...this.ready].filter((w) => w.isConnected());
     if (workers.length === 0) return Promise.reject(new Error('no proxy worker is running'));
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { left: workers.length, resolve, reject });
+      this.pending.set(id, { owing: new Set(workers), replied: false, resolve, reject });
       for (const w of workers) w.send(message(id));
     });
   }
@@ -119,6 +128,14 @@ export class ProxyWorkers {
 
   private broadcast(m: ToWorker): void {
     for (const w of this.ready) if (w.isConnected()) w.send(m);
+  }
+
+  /** `w` has answered command `id` (or is gone): settle it once no worker owes an answer. */
+  private answered(id: number, p: Pending, w: Worker): void {
+    if (!p.owing.delete(w) || p.owing.size > 0) return;
+    this.pending.delete(id);
+    if (p.replied) p.resolve(p.port ?? 0);
+    else p.reject(new Error('the proxy workers ended before answering'));
   }
 
   private fork(): Promise<number | undefined> {
@@ -159,10 +176,8 @@ export class ProxyWorkers {
             return p.reject(new Error(`proxy worker ${w.process.pid}: ${m.error}`));
           }
           p.port ??= m.port;
-          if (--p.left === 0) {
-            this.pending.delete(m.id);
-            p.resolve(p.port ?? 0);
-          }
+          p.replied = true;
+          this.answered(m.id, p, w);
         } else if (m.t === 'rate') {
           const r = this.counter.hit(m.key, m.windowMs, m.now);
           w.send({ t: 'rate', id: m.id, ...r } satisfies ToWorker);
@@ -176,13 +191,8 @@ export class ProxyWorkers {
       });
       w.once('exit', (code, signal) => {
         this.ready.delete(w);
-        // A command it will not answer any more: count it as done, or as failed if none is left.
-        for (const [id, p] of this.pending) {
-          if (--p.left > 0) continue;
-          this.pending.delete(id);
-          if (p.port !== undefined) p.resolve(p.port);
-          else p.reject(new Error('the proxy workers ended'));
-        }
+        // Commands it will not answer any more: the others' answers settle them.
+        for (const [id, p] of this.pending) this.answered(id, p, w);
         if (!up) return reject(new Error(`a proxy worker exited before listening (${signal ?? code})`));
         if (this.closing) return;
         o.logger.warn({ worker: w.process.pid, code, signal }, 'proxy worker ended; starting another');
