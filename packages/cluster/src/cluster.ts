@@ -173,7 +173,8 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     if (proxy) {
       const pub = opts.publicListen ?? '127.0.0.1:8444';
       const publicAt = pub === 'off' ? undefined : splitListen(pub);
-      const issuer = await LeafIssuer.open(store, info.domain, now);
+      // Leaf certificates are for the public HTTPS listener only.
+      const issuer = publicAt && !opts.publicPlaintext ? await LeafIssuer.open(store, info.domain, now) : undefined;
       if (opts.proxyWorkers) {
         workers = new ProxyWorkers({
           count: opts.proxyWorkers,
@@ -181,7 +182,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
           ...(publicAt ? { public: { ...publicAt, plaintext: !!opts.publicPlaintext } } : {}),
           cache,
           keys: () => keys,
-          certFor: (n) => issuer.certFor(n),
+          ...(issuer ? { certFor: (n: string) => issuer.certFor(n) } : {}),
           ...(opts.upstreamTimeoutMs ? { upstreamTimeoutMs: opts.upstreamTimeoutMs } : {}),
           logger,
         });
@@ -190,10 +191,8 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
       }
       if (publicAt) {
         const { host: ph, port: pp } = publicAt;
-        const fallback = await issuer.certFor(`${info.domain}`);
-        const bound = workers ? workers.port! : opts.publicPlaintext ? await proxy.listenPublicPlaintext(ph, pp) : await proxy.listenPublic(ph, pp, {
-          key: fallback.key,
-          cert: fallback.cert,
+        const bound = workers ? workers.port! : !issuer ? await proxy.listenPublicPlaintext(ph, pp) : await proxy.listenPublic(ph, pp, {
+          ...(await issuer.certFor(`${info.domain}`)),
           SNICallback: (servername, cb) => {
             const name = servername.toLowerCase();
             if (name !== info!.domain && !name.endsWith(`.${info!.domain}`)) return cb(null, undefined);
