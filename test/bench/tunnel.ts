@@ -83,9 +83,9 @@ export async function tunnelBenchmarks(): Promise<BenchRow[]> {
       ['up', '--domain', domain, '--listen', '198.18.0.1:8443', '--public-listen', 'off', '--data', join(dir, 'gw'), '--gateway-endpoint', '198.18.0.1', '--gateway-name', 'gw1', '--wg-interface', wgIface],
       { cwd: dir, netns: topo.gw.ns, timeoutMs: 60_000 },
     );
-    const home = (who: string) => ({ POSTERN_CONFIG_DIR: join(dir, 'home', who) });
-    const postern = (host: typeof topo.gw, who: string, args: string[]) => topo.run(host, process.execPath, [bin('postern'), '--domain', domain, ...args], { env: home(who) });
-    const ctl = (args: string[], input?: string) => topo.run(topo.gw, process.execPath, [bin('posternctl'), '--domain', domain, ...args], { env: home('root'), ...(input !== undefined ? { input } : {}) });
+    const home = (who: string) => join(dir, 'home', who);
+    const postern = (host: typeof topo.gw, who: string, args: string[]) => topo.cli(host, 'postern', home(who), domain, args);
+    const ctl = (args: string[], input?: string) => topo.cli(topo.gw, 'posternctl', home('root'), domain, args, input !== undefined ? { input } : {});
     const ok = <T extends { code: number | null; err: string }>(r: T): T => {
       if (r.code !== 0) throw new Error(r.err);
       return r;
@@ -161,7 +161,7 @@ export async function tunnelBenchmarks(): Promise<BenchRow[]> {
     await referenceClient(true);
     await compare('TCP throughput client1 → gateway host (iperf3), `postern connect -d`: client wireguard-go in its own session', 'hand-made wireguard-go tunnel, client wireguard-go started with `setsid`');
     ok(await postern(topo.client1, 'ann', ['disconnect']));
-    const foreground = topo.start(topo.client1, process.execPath, [bin('postern'), '--domain', domain, 'connect', '--implementation', 'tun', '--interface', `${topo.prefix}c1`], { env: home('ann') });
+    const foreground = topo.start(topo.client1, process.execPath, [bin('postern'), '--domain', domain, 'connect', '--implementation', 'tun', '--interface', `${topo.prefix}c1`], { env: { POSTERN_CONFIG_DIR: home('ann') } });
     await new Promise<void>((resolve, reject) => {
       let said = '';
       const seen = (d: Buffer) => {

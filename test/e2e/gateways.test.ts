@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { TestPostgres, Topology, bin, spawnPosternd, type Host, type RunningPosternd } from '../harness/index.js';
+import { TestPostgres, Topology, spawnPosternd, type Host, type RunningPosternd } from '../harness/index.js';
 
 const domain = 'example.test';
 const fixtures = join(import.meta.dirname, '../../e2e/fixtures');
@@ -24,10 +24,8 @@ describe('several gateways share one cluster', () => {
   let dir: string;
   const iface = (n: string) => `${topo.prefix}${n}`;
   const home = (who: string) => join(dir, 'home', who);
-  const postern = (host: Host, who: string, args: string[]) =>
-    topo.run(host, process.execPath, [bin('postern'), '--domain', domain, ...args], { env: { POSTERN_CONFIG_DIR: home(who) }, timeoutMs: 30_000 });
-  const ctl = (args: string[], input?: string) =>
-    topo.run(topo.gw, process.execPath, [bin('posternctl'), '--domain', domain, ...args], { env: { POSTERN_CONFIG_DIR: home('root') }, ...(input !== undefined ? { input } : {}) });
+  const postern = (host: Host, who: string, args: string[]) => topo.cli(host, 'postern', home(who), domain, args, { timeoutMs: 30_000 });
+  const ctl = (args: string[], input?: string) => topo.cli(topo.gw, 'posternctl', home('root'), domain, args, input !== undefined ? { input } : {});
   const curl = (host: Host) => topo.run(host, 'curl', ['-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', '2', `http://inventory.local.${domain}/`]);
   const startGw2 = () =>
     spawnPosternd(

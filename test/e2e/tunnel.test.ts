@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { TestPostgres, Topology, bin, originalResolvConf, spawnPosternd, type Host, type RunningPosternd } from '../harness/index.js';
+import { TestPostgres, Topology, originalResolvConf, spawnPosternd, type Host, type RunningPosternd } from '../harness/index.js';
 
 const domain = 'example.test';
 const fixtures = join(import.meta.dirname, '../../e2e/fixtures');
@@ -23,10 +23,8 @@ describe('tunnels: gateway agent, private DNS, postern connect', () => {
   let dbUrl: string;
   let wgIface: string;
   const home = (who: string) => join(dir, 'home', who);
-  const postern = (host: Host, who: string, args: string[], timeoutMs = 30_000) =>
-    topo.run(host, process.execPath, [bin('postern'), '--domain', domain, ...args], { env: { POSTERN_CONFIG_DIR: home(who) }, timeoutMs });
-  const ctl = (args: string[], input?: string) =>
-    topo.run(topo.gw, process.execPath, [bin('posternctl'), '--domain', domain, ...args], { env: { POSTERN_CONFIG_DIR: home('root') }, ...(input !== undefined ? { input } : {}) });
+  const postern = (host: Host, who: string, args: string[], timeoutMs = 30_000) => topo.cli(host, 'postern', home(who), domain, args, { timeoutMs });
+  const ctl = (args: string[], input?: string) => topo.cli(topo.gw, 'posternctl', home('root'), domain, args, input !== undefined ? { input } : {});
   const curl = (host: Host, url: string, maxTime = 3) => topo.run(host, 'curl', ['-s', '-o', '-', '-w', '\n%{http_code}', '--max-time', String(maxTime), url]);
   const startGateway = async () =>
     spawnPosternd(

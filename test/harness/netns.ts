@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
+import { bin } from './process.js';
 
 /** Runs a command to completion in the host namespace; throws with its stderr on failure. */
 export function sh(cmd: string, args: string[], opts: { allowFail?: boolean } = {}): string {
@@ -112,6 +113,11 @@ export class Topology {
         resolve({ code, out, err, ms: performance.now() - started });
       });
     });
+  }
+
+  /** Runs the real `postern` or `posternctl` in a namespace, for `domain`, with its own config folder. */
+  cli(host: Host, name: 'postern' | 'posternctl', configDir: string, domain: string, args: string[], opts: { input?: string; timeoutMs?: number } = {}) {
+    return this.run(host, process.execPath, [bin(name), '--domain', domain, ...args], { env: { POSTERN_CONFIG_DIR: configDir }, ...opts });
   }
 
   /** Starts a long-running command in a namespace; it is killed by `destroy()` if still running. */
