@@ -20,6 +20,7 @@ import { compileService, rewritePath, type CompiledService, type Route } from '.
 import { Balancer, UpstreamPools } from './upstream.js';
 import { H2Upstreams } from './h2upstream.js';
 import { UpstreamAuth, UpstreamAuthError } from './upstream-auth.js';
+import { callUpstream, type UpstreamAnswer } from './upstream-call.js';
 
 /** Kinds the proxy reads from its cache. */
 export const proxyCacheKinds = ['Service', 'Namespace', 'User', 'Group', 'Session', 'Device', 'Policy', 'ClusterConfig', 'Secret'] as const;
@@ -421,7 +422,7 @@ export class ProxyCore {
         : req.headers['content-length'] !== undefined ? Number(req.headers['content-length']) > 0
         : req.headers['transfer-encoding'] !== undefined;
       const upstreamBody = body ?? (hasBody ? counted(req, (n) => (bytesIn += n)) : null);
-      let up!: { statusCode: number; headers: Record<string, string | string[] | undefined>; body: AsyncIterable<Buffer>; h2Trailers?: Promise<Record<string, string | string[] | undefined>> };
+      let up!: UpstreamAnswer;
       // Retries (`http.retry`) only when the body can be sent again: buffered, or none at all.
       const retries = route.retry && (body !== undefined || !hasBody) ? route.retry.maxRetries : 0;
       for (let attempt = 0; ; attempt++) {
@@ -442,7 +443,7 @@ export class ProxyCore {
         try {
           up = route.upstreamHttp2
             ? await this.forwardH2(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route)
-            : await this.pools.get(base.origin, route).request({
+            : await callUpstream(this.pools.get(base.origin, route), {
                 method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
                 path: upstreamPath,
                 headers,
