@@ -2,6 +2,7 @@ import type { Logger } from 'pino';
 
 /** One line per request; the fields are a stable contract for log pipelines. */
 export interface AccessLogEntry {
+  type?: 'access';
   rid: string;
   service?: string | undefined;
   user?: string | undefined;
@@ -23,5 +24,6 @@ export interface AccessLogEntry {
 }
 
 export function logAccess(log: Logger, e: AccessLogEntry): void {
-  log.info({ type: 'access', ...e }, 'request');
+  e.type = 'access';
+  log.info(e, 'request');
 }

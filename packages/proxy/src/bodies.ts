@@ -1,5 +1,5 @@
 /** Request and response bodies on the proxy's path: streamed and counted, read with a limit, or drained. */
-import type { IncomingMessage } from 'node:http';
+import type { ProxyRequest } from './exchange.js';
 import { HttpError } from './http-error.js';
 
 /** Reads and drops a response body, so its connection can be reused. */
@@ -14,7 +14,7 @@ export async function drain(body: AsyncIterable<Buffer>): Promise<void> {
 }
 
 /** The request body as it streams to the upstream, counting bytes for the access log (no 'data' listener: that would drop chunks). */
-export async function* counted(req: IncomingMessage, add: (n: number) => void): AsyncGenerator<Buffer> {
+export async function* counted(req: ProxyRequest, add: (n: number) => void): AsyncGenerator<Buffer> {
   for await (const chunk of req) {
     add((chunk as Buffer).length);
     yield chunk as Buffer;
@@ -22,7 +22,7 @@ export async function* counted(req: IncomingMessage, add: (n: number) => void): 
 }
 
 /** Reads a body up to `limit` bytes; beyond it, 413 (checked against Content-Length first). */
-export async function readLimited(req: IncomingMessage, limit: number): Promise<Buffer> {
+export async function readLimited(req: ProxyRequest, limit: number): Promise<Buffer> {
   const declared = req.headers['content-length'];
   if (declared !== undefined && Number(declared) > limit) throw new HttpError(413, `the request body is larger than ${limit} bytes`);
   const chunks: Buffer[] = [];

@@ -1,4 +1,4 @@
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import type { ProxyRequest, ProxyResponse } from './exchange.js';
 import type { ServiceConfig } from '@postern/apis';
 import { HttpError } from './http-error.js';
 
@@ -40,7 +40,7 @@ function allowed(cors: Cors, origin: string): boolean {
 }
 
 /** Answers a CORS preflight from `origin`: 204 with the allowed methods and headers, or 403. */
-export function answerPreflight(req: IncomingMessage, res: ServerResponse, cors: Cors, origin: string): void {
+export function answerPreflight(req: ProxyRequest, res: ProxyResponse, cors: Cors, origin: string): void {
   if (!allowed(cors, origin)) throw new HttpError(403, 'this origin may not call the service', `CORS preflight from ${origin.slice(0, 200)}`);
   res.statusCode = 204;
   res.setHeader('access-control-allow-origin', origin);

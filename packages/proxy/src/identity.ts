@@ -62,7 +62,9 @@ export class IdentityIndex {
     const user = ref?.name ? this.cache.get('User', ref.name) : undefined;
     if (!user || (ref?.uid && user.metadata.uid !== ref.uid)) return undefined;
     const groups = ((user.spec as { groups?: string[] }).groups ?? []).flatMap((g) => this.cache.get('Group', g) ?? []);
-    return { session, user, groups, via, ...(accessTokenExpiresAt ? { accessTokenExpiresAt } : {}) };
+    const caller: Caller = { session, user, groups, via };
+    if (accessTokenExpiresAt) caller.accessTokenExpiresAt = accessTokenExpiresAt;
+    return caller;
   }
 
   /** The caller behind a tunnel address, or undefined. */

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { ServerResponse } from 'node:http';
+import type { ProxyResponse } from './exchange.js';
 import { compileJsonSchema, durationMs } from '@postern/apis';
 import { compileCel, evaluateCondition } from '@postern/policy';
 import { HttpError } from './http-error.js';
@@ -76,7 +76,7 @@ export class PluginRunner {
    * Lua may change headers and body or `exit(status)`. Returns whether it answered on `res`
    * (without `res`, for upgrades, a direct answer is thrown as an HttpError).
    */
-  async runRequest(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ServerResponse | undefined): Promise<boolean> {
+  async runRequest(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ProxyResponse | undefined): Promise<boolean> {
     for (const p of plugins) {
       if (p.direct) {
         // An upgrade request has no response object: the answer goes out as an error reply.

@@ -45,6 +45,9 @@ export interface CompiledService {
   rules: { condition: Condition; configName: string }[];
   /** Whether any route has PRE_AUTH plugins (run before the decision). */
   preAuth: boolean;
+  /** Whether any route buffers request bodies (`enableRequestBuffering`), and the largest body any route takes. */
+  buffers: boolean;
+  maxRequestSize: number;
 }
 
 export const defaultMaxRequestSize = 4 * 1024 * 1024;
@@ -101,6 +104,7 @@ export function compileService(resource: AnyResource): CompiledService {
   const routes = new Map<string, Route>();
   for (const c of spec.dynamicConfig?.configs ?? []) routes.set(c.name, compileConfig(c, c.name));
   const defaultRoute = spec.config?.upstream ? compileConfig(spec.config, spec.config.name ?? 'default') : undefined;
+  const all = [defaultRoute, ...routes.values()].filter((r): r is Route => r !== undefined);
   return {
     resource,
     fullName: resource.metadata.name,
@@ -110,7 +114,9 @@ export function compileService(resource: AnyResource): CompiledService {
     defaultRoute,
     routes,
     rules: spec.dynamicConfig?.rules ?? [],
-    preAuth: [defaultRoute, ...routes.values()].some((r) => r?.plugins.some((p) => p.phase === 'PRE_AUTH')),
+    preAuth: all.some((r) => r.plugins.some((p) => p.phase === 'PRE_AUTH')),
+    buffers: all.some((r) => r.buffer),
+    maxRequestSize: Math.max(0, ...all.map((r) => r.maxRequestSize)),
   };
 }
 

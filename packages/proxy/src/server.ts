@@ -1,20 +1,14 @@
 import { randomUUID } from 'node:crypto';
-import { createServer, type Server, type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Server, IncomingMessage, ServerResponse } from 'node:http';
 import { createServer as createH2cServer, createSecureServer } from 'node:http2';
 import type { ServerOptions as HttpsOptions } from 'node:https';
-import type { Socket } from 'node:net';
+import type { Server as NetServer, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ProxyCore, type Entry, type ProxyCoreOptions } from './handler.js';
+import { createH1Server, defaultLimits } from './h1/server.js';
 
-const serverOptions = {
-  // Slowloris and friends: bound how long headers and whole requests may take.
-  headersTimeout: 20_000,
-  requestTimeout: 300_000,
-  keepAliveTimeout: 65_000,
-  maxHeaderSize: 32 * 1024,
-  // Never accept what the strict parser rejects (obs-fold, bad chunking, CR/LF in values).
-  insecureHTTPParser: false,
-};
+/** Slowloris and friends on Node's servers (HTTP/2 and TLS): how long headers and whole requests may take. */
+const serverOptions = { headersTimeout: defaultLimits.headersTimeoutMs, requestTimeout: defaultLimits.requestTimeoutMs };
 
 /**
  * The identity-aware proxy's listeners: one per Service (where tunnel traffic arrives; the caller
@@ -22,10 +16,23 @@ const serverOptions = {
  */
 export class Proxy {
   readonly core: ProxyCore;
-  private readonly servers = new Map<string, Server>();
+  private readonly servers = new Map<string, NetServer>();
 
   constructor(opts: ProxyCoreOptions) {
     this.core = new ProxyCore(opts);
+  }
+
+  /** The proxy's own HTTP/1.1 listener (`h1/`), for plaintext HTTP/1.1. */
+  private h1(entry: Entry): NetServer {
+    return createH1Server({
+      request: (req, res) => void this.core.handle(req, res, entry),
+      upgrade: (req, socket, head) => void this.core.upgrade(req, socket, head, entry),
+      malformed: (reason) => {
+        const rid = randomUUID();
+        this.core.logMalformed(rid, reason);
+        return rid;
+      },
+    });
   }
 
   private wire(server: Server, entry: Entry): Server {
@@ -42,9 +49,9 @@ export class Proxy {
     return server;
   }
 
-  private readonly sockets = new Map<Server, Set<Socket>>();
+  private readonly sockets = new Map<NetServer, Set<Socket>>();
 
-  private async bind(key: string, server: Server, host: string, port: number): Promise<number> {
+  private async bind(key: string, server: NetServer, host: string, port: number): Promise<number> {
     // Track connections so closing a listener ends HTTP/1.1 keep-alive and HTTP/2 sessions alike.
     const sockets = new Set<Socket>();
     this.sockets.set(server, sockets);
@@ -75,8 +82,9 @@ export class Proxy {
     const key = `service:${fullName}:${host}`;
     await this.closeListener(key);
     const grpc = this.core.service(fullName)?.spec.mode === 'GRPC';
-    const server = grpc ? (createH2cServer({ maxSessionMemory: 64 }) as unknown as Server) : createServer(serverOptions);
-    return this.bind(key, this.wire(server, { kind: 'service', service: fullName }), host, port);
+    const entry: Entry = { kind: 'service', service: fullName };
+    const server = grpc ? this.wire(createH2cServer({ maxSessionMemory: 64 }) as unknown as Server, entry) : this.h1(entry);
+    return this.bind(key, server, host, port);
   }
 
   /**
@@ -95,7 +103,7 @@ export class Proxy {
    * are still identified by token; the scheme policies see stays `https`.
    */
   async listenPublicPlaintext(host: string, port: number): Promise<number> {
-    return this.bind(`public:${host}`, this.wire(createServer(serverOptions), { kind: 'public' }), host, port);
+    return this.bind(`public:${host}`, this.h1({ kind: 'public' }), host, port);
   }
 
   private async closeListener(key: string): Promise<void> {
