@@ -239,8 +239,9 @@ export class H1Response extends EventEmitter {
   end(chunk?: Buffer | string): this {
     if (this.finished) return this;
     if (!this.headersSent) this.noBody = this.bodyless();
-    if (chunk !== undefined && !this.headersSent && !this.fields.has('content-length') && !this.noBody) {
-      // A body given whole: its length is known, so no chunked framing.
+    const status = this.statusCode;
+    if (chunk !== undefined && !this.headersSent && !this.fields.has('content-length') && status !== 204 && status !== 304 && status >= 200) {
+      // A body given whole: its length is known, so no chunked framing (and HEAD learns it too).
       const bytes = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
       this.fields.set('content-length', ['content-length', String(bytes.length)]);
       chunk = bytes;
