@@ -3,7 +3,9 @@
  * each latency from the moment the request was due (so a stall is not hidden by the client
  * slowing down — no coordinated omission). Runs as its own process:
  *   node openloop.js <url> <rate/s> <seconds> [headers-json]
- * and prints {"sent","ok","p50","p90","p99","max"} in ms.
+ * and prints {"sent","ok","p50","p90","p99","max"} in ms. The first 2 s at the same rate are a
+ * warm-up and not counted (the generator opens its connections and compiles its own code then;
+ * wrk2 likewise leaves out its calibration period), for ours and the reference alike.
  */
 import { Pool } from 'undici';
 
@@ -16,7 +18,9 @@ const pool = new Pool(target.origin, { connections: 128, pipelining: 1 });
 const lat: number[] = [];
 let ok = 0;
 let sent = 0;
-const total = Math.round(rate * seconds);
+const warmup = 2;
+const total = Math.round(rate * (seconds + warmup));
+const counted = Math.round(rate * warmup);
 const start = performance.now();
 const inflight: Promise<void>[] = [];
 
@@ -25,16 +29,18 @@ await new Promise<void>((resolve) => {
     const due = Math.min(total, Math.floor(((performance.now() - start) / 1000) * rate));
     while (sent < due) {
       const scheduled = start + (sent / rate) * 1000;
+      const measured = sent >= counted;
       sent++;
       inflight.push(
         pool
           .request({ method: 'GET', path: `${target.pathname}${target.search}`, headers })
           .then(async (res) => {
             await res.body.dump();
+            if (!measured) return;
             if (res.statusCode === 200) ok++;
             lat.push(performance.now() - scheduled);
           })
-          .catch(() => void lat.push(performance.now() - scheduled)),
+          .catch(() => void (measured && lat.push(performance.now() - scheduled))),
       );
     }
     // A 1 ms timer, not a spin: the generator must not take a core from what it measures (the
@@ -48,4 +54,4 @@ await Promise.all(inflight);
 await pool.close();
 lat.sort((a, b) => a - b);
 const pct = (p: number) => +(lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))] ?? NaN).toFixed(3);
-console.log(JSON.stringify({ sent, ok, p50: pct(50), p90: pct(90), p99: pct(99), max: +(lat.at(-1) ?? NaN).toFixed(3) }));
+console.log(JSON.stringify({ sent: sent - counted, ok, p50: pct(50), p90: pct(90), p99: pct(99), max: +(lat.at(-1) ?? NaN).toFixed(3) }));

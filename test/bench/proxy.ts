@@ -67,14 +67,13 @@ function decisionBench(): BenchRow {
   const policies: PolicySource[] = [{ name: 'bench', attachedTo: 'Service/api.default', spec: { rules: [{ effect: 'ALLOW', priority: 0, condition: { match: policyExpr } }] } }];
   const user = { kind: 'User', metadata: { name: 'dana', uid: 'u' }, spec: { type: 'HUMAN', groups: ['dev', 'ops'] } };
   const makeCtx = () => ({ user, groups: [], request: { http: httpRequest({ method: 'GET', path: '/api/items', query: '', host: 'api', scheme: 'http', headers: { accept: '*/*' }, size: 0 }) } });
-  const ctx = makeCtx();
   const n = 200_000;
-  for (let i = 0; i < 20_000; i++) decide(policies, ctx);
+  for (let i = 0; i < 20_000; i++) decide(policies, makeCtx());
   let t = process.hrtime.bigint();
-  for (let i = 0; i < n; i++) if (decide(policies, ctx).effect !== 'ALLOW') throw new Error('bench policy should allow');
+  for (let i = 0; i < n; i++) if (decide(policies, makeCtx()).effect !== 'ALLOW') throw new Error('bench policy should allow');
   const ours = Number(process.hrtime.bigint() - t) / n;
   const program = compileCel(policyExpr);
-  const activation = { ctx, attrs: {} };
+  const activation = { ctx: makeCtx(), attrs: {} };
   for (let i = 0; i < 20_000; i++) program(activation);
   t = process.hrtime.bigint();
   for (let i = 0; i < n; i++) program(activation);
@@ -82,7 +81,7 @@ function decisionBench(): BenchRow {
   return {
     name: 'policy decision (3-condition CEL rule, ctx built per request)',
     ours: `${(ours / 1000).toFixed(2)} µs`,
-    reference: `${(bare / 1000).toFixed(2)} µs (bare cel-js evaluation of the same expression)`,
+    reference: `${(bare / 1000).toFixed(2)} µs (bare cel-js evaluation of the same expression on a ctx built once)`,
     ratio: `${(ours / bare).toFixed(2)}×`,
     target: '≤ 2 µs',
     pass: ours / 1000 <= 2,
@@ -95,7 +94,8 @@ function decisionBench(): BenchRow {
  */
 async function startOurs(dir: string, upstreamPort: number, extra: string[]) {
   mkdirSync(dir, { recursive: true });
-  const d = await spawnPosternd(['up', '--domain', 'bench.test', '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0', '--public-plaintext', ...extra], { cwd: dir });
+  // Its log (an access-log line per request) goes to a file, as nginx's does.
+  const d = await spawnPosternd(['up', '--domain', 'bench.test', '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0', '--public-plaintext', ...extra], { cwd: dir, logFile: join(dir, 'posternd.log') });
   const env = { POSTERN_CONFIG_DIR: join(dir, 'home') };
   const ctl = async (args: string[], stdin?: string) => {
     const r = await runBin('posternctl', ['--domain', 'bench.test', ...args], { cwd: dir, env, ...(stdin !== undefined ? { stdin } : {}) });
@@ -156,13 +156,15 @@ pid ${dir}/nginx.pid;
 events { worker_connections 4096; }
 http {
   access_log off;
+  # The proxies (b) and (c) log each request to a file, nginx's default, as posternd does; the
+  # upstream (a) serves everyone and logs nothing.
   client_body_temp_path ${dir}/body; proxy_temp_path ${dir}/proxy; fastcgi_temp_path ${dir}/fcgi; uwsgi_temp_path ${dir}/uwsgi; scgi_temp_path ${dir}/scgi;
   upstream up { server 127.0.0.1:${pUp}; keepalive 128; }
   upstream authsvc { server 127.0.0.1:${pAuthSvc}; keepalive 128; }
   server { listen 127.0.0.1:${pUp}; location / { return 200 "hello from the upstream\\n"; } }
-  server { listen 127.0.0.1:${pPass};
+  server { listen 127.0.0.1:${pPass}; access_log ${dir}/pass.log;
     location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_set_header X-Gateway nginx; } }
-  server { listen 127.0.0.1:${pAuth};
+  server { listen 127.0.0.1:${pAuth}; access_log ${dir}/auth.log;
     location / { auth_request /_auth; auth_request_set $user $upstream_http_x_user; proxy_set_header X-User $user; proxy_set_header X-Gateway nginx;
                  proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
     location = /_auth { internal; proxy_pass http://authsvc; proxy_http_version 1.1; proxy_set_header Connection "";

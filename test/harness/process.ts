@@ -1,4 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { closeSync, openSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 const repo = join(import.meta.dirname, '../../..');
@@ -19,17 +20,35 @@ export interface RunningPosternd {
 }
 
 /** Starts the real `posternd` binary and waits until it prints its banner. */
-export async function spawnPosternd(args: string[], opts: { cwd: string; env?: NodeJS.ProcessEnv; timeoutMs?: number; netns?: string }): Promise<RunningPosternd> {
+export async function spawnPosternd(
+  args: string[],
+  opts: {
+    cwd: string;
+    env?: NodeJS.ProcessEnv;
+    timeoutMs?: number;
+    netns?: string;
+    /** Log to this file, as a deployment would, instead of to a pipe this process reads (benchmarks: reading costs CPU). */
+    logFile?: string;
+  },
+): Promise<RunningPosternd> {
   const argv = [process.execPath, bin('posternd'), ...args];
+  const logFd = opts.logFile ? openSync(opts.logFile, 'a') : undefined;
+  const stdio: StdioOptions = ['ignore', 'pipe', logFd ?? 'pipe'];
   const proc = opts.netns
-    ? spawn('ip', ['netns', 'exec', opts.netns, ...argv], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(argv[0]!, argv.slice(1), { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    ? spawn('ip', ['netns', 'exec', opts.netns, ...argv], { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio })
+    : spawn(argv[0]!, argv.slice(1), { cwd: opts.cwd, env: { ...process.env, ...opts.env }, stdio });
+  if (logFd !== undefined) closeSync(logFd);
   let stdout = '';
-  let stderr = '';
+  let piped = '';
   // Keep the tail only: a busy proxy logs a line per request.
-  proc.stderr!.on('data', (d: Buffer) => (stderr = (stderr + d.toString()).slice(-65_536)));
+  proc.stderr?.on('data', (d: Buffer) => (piped = (piped + d.toString()).slice(-65_536)));
+  const tail = () => {
+    if (!opts.logFile) return piped;
+    const text = readFileSync(opts.logFile, 'utf8');
+    return text.slice(-65_536);
+  };
   const banner = await new Promise<string>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`posternd did not start within ${opts.timeoutMs ?? 30_000} ms:\n${stderr}`)), opts.timeoutMs ?? 30_000);
+    const timer = setTimeout(() => reject(new Error(`posternd did not start within ${opts.timeoutMs ?? 30_000} ms:\n${tail()}`)), opts.timeoutMs ?? 30_000);
     proc.stdout!.on('data', (d: Buffer) => {
       stdout += d.toString();
       if (stdout.includes('Stop with Ctrl-C')) {
@@ -39,7 +58,7 @@ export async function spawnPosternd(args: string[], opts: { cwd: string; env?: N
     });
     proc.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`posternd exited with ${code}:\n${stderr}`));
+      reject(new Error(`posternd exited with ${code}:\n${tail()}`));
     });
   });
   const address = banner.match(/API\s+(\S+)/)?.[1];
@@ -53,7 +72,7 @@ export async function spawnPosternd(args: string[], opts: { cwd: string; env?: N
     rootToken: token,
     caFingerprint: fp,
     stdout,
-    logs: () => stderr,
+    logs: tail,
     stop: () =>
       new Promise((resolve) => {
         if (proc.exitCode !== null) return resolve(proc.exitCode);

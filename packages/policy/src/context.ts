@@ -23,6 +23,10 @@ export interface HttpRequestInput {
  * (Object.defineProperty per request cost more than evaluating the policy).
  */
 export function httpRequest(input: HttpRequestInput): Record<string, unknown> {
+  // Most requests have neither a query nor a buffered body: nothing to defer, so a plain object.
+  if (!input.query && !input.body) {
+    return { method: input.method, path: input.path, host: input.host, scheme: input.scheme, uri: input.path, headers: input.headers, size: input.size, queryParams: {}, body: undefined, bodyMap: undefined };
+  }
   let queryParams: Record<string, string> | undefined;
   let body: string | undefined;
   let bodyRead = false;
