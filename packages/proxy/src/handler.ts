@@ -67,6 +67,7 @@ export class ProxyCore {
   readonly identity: IdentityIndex;
   private readonly services = new Map<string, CompiledService>();
   private readonly balancers = new Map<string, Balancer>();
+  private readonly balancerOf = new WeakMap<Route, Balancer>();
   private readonly pools: UpstreamPools;
   private readonly upstreamAuth: UpstreamAuth;
   private readonly now: () => Date;
@@ -356,13 +357,17 @@ export class ProxyCore {
     return { statusCode: Number(rh[':status'] ?? 502), headers: out, body: stream as AsyncIterable<Buffer>, h2Trailers: trailers };
   }
 
+  /** Balancers live per Service and config name, so a Service update keeps their state. */
   private balancer(svc: CompiledService, route: Route): Balancer {
+    let b = this.balancerOf.get(route);
+    if (b) return b;
     const key = `${svc.fullName}|${route.name}`;
-    let b = this.balancers.get(key);
+    b = this.balancers.get(key);
     if (!b) {
       b = new Balancer();
       this.balancers.set(key, b);
     }
+    this.balancerOf.set(route, b);
     return b;
   }
 
@@ -475,7 +480,7 @@ export class ProxyCore {
         if (up.h2Trailers && (k === 'grpc-status' || k === 'grpc-message' || k === 'grpc-status-details-bin')) grpcStatus[k] = v;
         else responseHeaders.set(k, v);
       }
-      const luaPlugins = requestPlugins.filter((p) => p.lua);
+      const luaPlugins = requestPlugins.length ? requestPlugins.filter((p) => p.lua) : requestPlugins;
       if (luaPlugins.length) await this.plugins.runResponse(luaPlugins, { ctx, responseHeaders });
       const origin = req.headers.origin;
       if (route.cors && origin) corsResponseHeaders(route.cors, origin, responseHeaders);
@@ -486,6 +491,14 @@ export class ProxyCore {
       for (const [k, v] of responseHeaders) res.setHeader(k, v);
       res.writeHead(up.statusCode);
       log.status = up.statusCode;
+      // A body that has already arrived whole (most small answers) goes out with the headers in
+      // one write, without iterating.
+      const whole = up.whole?.();
+      if (whole) {
+        log.bytesOut = whole.length;
+        res.end(whole);
+        return;
+      }
       // A body of unknown length (server-sent events, long polls): send the headers now rather
       // than with the first chunk. Known-length bodies go out with the headers in one write.
       if (up.headers['content-length'] === undefined) res.flushHeaders();
@@ -495,8 +508,10 @@ export class ProxyCore {
         if (res.destroyed) break;
       }
       // gRPC puts its status in trailers: pass them on (HTTP/2 clients only).
-      const trailers = { ...grpcStatus, ...(up.h2Trailers ? await up.h2Trailers : {}) };
-      if (Object.keys(trailers).length) res.addTrailers(trailers as Record<string, string>);
+      if (up.h2Trailers) {
+        const trailers = { ...grpcStatus, ...(await up.h2Trailers) };
+        if (Object.keys(trailers).length) res.addTrailers(trailers as Record<string, string>);
+      }
       res.end();
     } catch (err) {
       this.fail(res, err, log);

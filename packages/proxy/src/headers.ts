@@ -15,6 +15,15 @@ export function connectionHeaders(headers: IncomingHttpHeaders | Record<string, 
 
 /** Lower-case single-valued view (repeated headers joined by ", "), as policies see them. */
 export function flatHeaders(headers: IncomingHttpHeaders): Record<string, string> {
+  // Usually every value is already one string: then the headers serve as they are.
+  let flat = true;
+  for (const k in headers) {
+    if (typeof headers[k] !== 'string') {
+      flat = false;
+      break;
+    }
+  }
+  if (flat) return headers as Record<string, string>;
   const out: Record<string, string> = {};
   for (const [k, v] of Object.entries(headers)) {
     if (v === undefined) continue;

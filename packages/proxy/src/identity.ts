@@ -28,11 +28,13 @@ export class IdentityIndex {
   private readonly byIp = new Map<string, string>();
   /** The addresses indexed for each session, so a change touches only that session's entries. */
   private readonly bySession = new Map<string, string[]>();
+  private users = new WeakMap<AnyResource, { user: AnyResource; groups: AnyResource[] }>();
   private readonly unsubscribe: () => void;
 
   constructor(private readonly cache: ResourceCache, private readonly auth: AccessTokenVerifier) {
     this.rebuild();
     this.unsubscribe = cache.onChange((ev) => {
+      this.users = new WeakMap();
       if (ev.type === 'RESYNC') return this.rebuild();
       if (ev.resource.kind !== 'Session') return;
       // Drop the session's old addresses, then add the current ones (if still connected).
@@ -58,13 +60,27 @@ export class IdentityIndex {
   }
 
   private withUser(session: AnyResource, via: Caller['via'], accessTokenExpiresAt?: Date): Caller | undefined {
+    const found = this.userOf(session);
+    if (!found) return undefined;
+    const caller: Caller = { session, user: found.user, groups: found.groups, via };
+    if (accessTokenExpiresAt) caller.accessTokenExpiresAt = accessTokenExpiresAt;
+    return caller;
+  }
+
+  /**
+   * A session's user and groups. Kept per session object: the cache replaces a resource's
+   * object on every change, and any change clears what was kept.
+   */
+  private userOf(session: AnyResource): { user: AnyResource; groups: AnyResource[] } | undefined {
+    const kept = this.users.get(session);
+    if (kept) return kept;
     const ref = (session.status as { userRef?: { name?: string; uid?: string } } | undefined)?.userRef;
     const user = ref?.name ? this.cache.get('User', ref.name) : undefined;
     if (!user || (ref?.uid && user.metadata.uid !== ref.uid)) return undefined;
     const groups = ((user.spec as { groups?: string[] }).groups ?? []).flatMap((g) => this.cache.get('Group', g) ?? []);
-    const caller: Caller = { session, user, groups, via };
-    if (accessTokenExpiresAt) caller.accessTokenExpiresAt = accessTokenExpiresAt;
-    return caller;
+    const found = { user, groups };
+    this.users.set(session, found);
+    return found;
   }
 
   /** The caller behind a tunnel address, or undefined. */

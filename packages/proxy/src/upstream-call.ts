@@ -13,6 +13,11 @@ export interface UpstreamAnswer {
   headers: Record<string, string | string[] | undefined>;
   /** Iterate once. Leaving the loop early aborts the upstream request (its connection is not reused). */
   body: AsyncIterable<Buffer>;
+  /**
+   * The whole body, if it has already arrived and nothing has been read (an empty body is
+   * whole too); undefined otherwise, and then `body` is to be iterated.
+   */
+  whole?: () => Buffer | undefined;
   /** HTTP/2 trailers (gRPC), when the upstream speaks HTTP/2. */
   h2Trailers?: Promise<Record<string, string | string[] | undefined>>;
 }
@@ -51,6 +56,14 @@ class BodyQueue implements AsyncIterable<Buffer> {
     this.error = err;
     this.done = true;
     this.wake?.();
+  }
+
+  whole(): Buffer | undefined {
+    if (!this.done || this.error) return undefined;
+    const all = this.chunks.length === 1 ? this.chunks[0]! : Buffer.concat(this.chunks, this.size);
+    this.chunks = [];
+    this.size = 0;
+    return all;
   }
 
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
@@ -94,7 +107,8 @@ export function callUpstream(dispatcher: Dispatcher, opts: Dispatcher.DispatchOp
       onHeaders(statusCode, rawHeaders, resume) {
         if (statusCode < 200) return true; // 1xx: informational, the final answer follows
         queue = new BodyQueue(resume, abort);
-        resolve({ statusCode, headers: parseRawHeaders(rawHeaders), body: queue });
+        const body = queue;
+        resolve({ statusCode, headers: parseRawHeaders(rawHeaders), body, whole: () => body.whole() });
         return true;
       },
       onData(chunk) {

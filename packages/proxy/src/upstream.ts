@@ -15,7 +15,20 @@ export class UpstreamPools {
 
   constructor(private readonly opts: { connections?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number; connectTimeoutMs?: number } = {}) {}
 
+  /** The pools a route has used, by origin: the request path skips building the key. */
+  private readonly byRoute = new WeakMap<object, Map<string, Pool>>();
+
   get(origin: string, route: Pick<Route, 'upstreamHttp2' | 'insecureSkipVerify' | 'trustedCAs'>): Pool {
+    let mine = this.byRoute.get(route);
+    const known = mine?.get(origin);
+    if (known && !known.closed && !known.destroyed) return known;
+    const pool = this.lookup(origin, route);
+    if (!mine) this.byRoute.set(route, (mine = new Map()));
+    mine.set(origin, pool);
+    return pool;
+  }
+
+  private lookup(origin: string, route: Pick<Route, 'upstreamHttp2' | 'insecureSkipVerify' | 'trustedCAs'>): Pool {
     const cas = route.trustedCAs.length ? createHash('sha256').update(route.trustedCAs.join('\n')).digest('hex').slice(0, 16) : 'system';
     const key = `${origin}|${route.upstreamHttp2 ? 'h2' : 'h1'}|${route.insecureSkipVerify ? 'insecure' : 'verify'}|${cas}`;
     let pool = this.pools.get(key);

@@ -225,15 +225,21 @@ export class H1Response extends EventEmitter {
 
   write(chunk: Buffer | string): boolean {
     const data = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-    let headBytes: Buffer | undefined;
+    let head: string | undefined;
     if (!this.headersSent) {
       this.headersSent = true;
-      headBytes = Buffer.from(this.head(), 'latin1');
+      head = this.head();
     }
-    if (this.noBody || data.length === 0) return headBytes ? this.conn.write(headBytes) : true;
-    const framed = this.chunked ? [Buffer.from(`${data.length.toString(16)}\r\n`, 'latin1'), data, Buffer.from('\r\n', 'latin1')] : [data];
-    if (headBytes) framed.unshift(headBytes);
-    return this.conn.write(framed.length === 1 ? framed[0]! : Buffer.concat(framed));
+    if (this.noBody || data.length === 0) return head !== undefined ? this.conn.write(Buffer.from(head, 'latin1')) : true;
+    // One buffer per write (one syscall): head, chunk framing and data copied once.
+    const prefix = this.chunked ? `${head ?? ''}${data.length.toString(16)}\r\n` : head ?? '';
+    const suffix = this.chunked ? 2 : 0;
+    if (!prefix && !suffix) return this.conn.write(data);
+    const out = Buffer.allocUnsafe(prefix.length + data.length + suffix);
+    out.write(prefix, 0, 'latin1');
+    data.copy(out, prefix.length);
+    if (suffix) out.write('\r\n', prefix.length + data.length, 'latin1');
+    return this.conn.write(out);
   }
 
   end(chunk?: Buffer | string): this {
