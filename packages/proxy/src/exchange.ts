@@ -25,5 +25,27 @@ export interface ProxyResponse {
   end(chunk?: string | Buffer): unknown;
   addTrailers(trailers: OutgoingHttpHeaders): void;
   destroy(): unknown;
-  once(event: 'drain', listener: () => void): unknown;
+  once(event: 'drain' | 'close', listener: () => void): unknown;
+  off(event: 'drain' | 'close', listener: () => void): unknown;
+}
+
+/** `ctx.request.grpc` for a gRPC call: `/pkg.Service/Method` → `{service: "pkg.Service", method: "Method"}`. */
+export function grpcCall(contentType: string | string[] | undefined, path: string): { service: string; method: string } | undefined {
+  if (typeof contentType !== 'string' || !contentType.startsWith('application/grpc')) return undefined;
+  const m = path.match(/^\/([^/]+)\/([^/]+)$/);
+  return m ? { service: m[1]!, method: m[2]! } : undefined;
+}
+
+/** Resolves when `res` can take more, or has closed (a client gone mid-body must not leave us waiting). */
+export function writable(res: ProxyResponse): Promise<void> {
+  if (res.destroyed) return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      res.off('drain', done);
+      res.off('close', done);
+      resolve();
+    };
+    res.once('drain', done);
+    res.once('close', done);
+  });
 }

@@ -1,4 +1,6 @@
 import { rootCertificates } from 'node:tls';
+import type { Route } from './routes.js';
+import type { UpstreamAnswer } from './upstream-call.js';
 import { connect, constants, type ClientHttp2Session, type ClientHttp2Stream, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http2';
 
 /**
@@ -47,6 +49,34 @@ export class H2Upstreams {
         reject(err);
       });
     });
+  }
+
+  /** Forwards over HTTP/2 (gRPC upstreams); same shape as an undici response, plus trailers. */
+  async forward(base: URL, method: string, path: string, headers: Record<string, string | string[]>, body: Buffer | AsyncIterable<Buffer> | null, route: Pick<Route, 'insecureSkipVerify' | 'trustedCAs'>, timeoutMs: number): Promise<UpstreamAnswer> {
+    const h2headers: Record<string, string | string[]> = { ':method': method, ':path': path, ':scheme': base.protocol.startsWith('https') || base.protocol.startsWith('grpcs') ? 'https' : 'http', ':authority': base.host };
+    for (const [k, v] of Object.entries(headers)) if (k !== 'host' && k !== 'transfer-encoding') h2headers[k] = v;
+    const stream = this.open(`${base.protocol}//${base.host}`, h2headers, route.insecureSkipVerify, route.trustedCAs);
+    const response = H2Upstreams.response(stream, timeoutMs);
+    // Send the body now: gRPC servers answer only after reading it.
+    void (async () => {
+      try {
+        if (body instanceof Buffer) stream.end(body);
+        else if (body) {
+          for await (const chunk of body) if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
+          stream.end();
+        } else stream.end();
+      } catch {
+        stream.close();
+      }
+    })();
+    const rh = await response;
+    const trailers = new Promise<Record<string, string | string[] | undefined>>((resolve) => {
+      stream.once('trailers', (t) => resolve(t as Record<string, string | string[] | undefined>));
+      stream.once('close', () => resolve({}));
+    });
+    const out: Record<string, string | string[] | undefined> = {};
+    for (const [k, v] of Object.entries(rh)) if (!k.startsWith(':')) out[k] = v as string | string[];
+    return { statusCode: Number(rh[':status'] ?? 502), headers: out, body: stream as AsyncIterable<Buffer>, h2Trailers: trailers };
   }
 
   close(): void {

@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto';
-import type { ProxyRequest, ProxyResponse } from './exchange.js';
+import { grpcCall, writable, type ProxyRequest, type ProxyResponse } from './exchange.js';
 import type { Duplex, Readable } from 'node:stream';
 import { isPosternError, type AnyResource } from '@postern/apis';
 import type { AccessTokenVerifier } from '@postern/authserver';
@@ -329,34 +329,6 @@ export class ProxyCore {
     return out;
   }
 
-  /** Forwards over HTTP/2 (gRPC upstreams); same shape as an undici response, plus trailers. */
-  private async forwardH2(base: URL, method: string, path: string, headers: Record<string, string | string[]>, body: Buffer | AsyncIterable<Buffer> | null, route: Route) {
-    const h2headers: Record<string, string | string[]> = { ':method': method, ':path': path, ':scheme': base.protocol.startsWith('https') || base.protocol.startsWith('grpcs') ? 'https' : 'http', ':authority': base.host };
-    for (const [k, v] of Object.entries(headers)) if (k !== 'host' && k !== 'transfer-encoding') h2headers[k] = v;
-    const stream = this.h2.open(`${base.protocol}//${base.host}`, h2headers, route.insecureSkipVerify, route.trustedCAs);
-    const response = H2Upstreams.response(stream, this.upstreamTimeoutMs);
-    // Send the body now: gRPC servers answer only after reading it.
-    void (async () => {
-      try {
-        if (body instanceof Buffer) stream.end(body);
-        else if (body) {
-          for await (const chunk of body) if (!stream.write(chunk)) await new Promise((r) => stream.once('drain', r));
-          stream.end();
-        } else stream.end();
-      } catch {
-        stream.close();
-      }
-    })();
-    const rh = await response;
-    const trailers = new Promise<Record<string, string | string[] | undefined>>((resolve) => {
-      stream.once('trailers', (t) => resolve(t as Record<string, string | string[] | undefined>));
-      stream.once('close', () => resolve({}));
-    });
-    const out: Record<string, string | string[] | undefined> = {};
-    for (const [k, v] of Object.entries(rh)) if (!k.startsWith(':')) out[k] = v as string | string[];
-    return { statusCode: Number(rh[':status'] ?? 502), headers: out, body: stream as AsyncIterable<Buffer>, h2Trailers: trailers };
-  }
-
   /** Balancers live per Service and config name, so a Service update keeps their state. */
   private balancer(svc: CompiledService, route: Route): Balancer {
     let b = this.balancerOf.get(route);
@@ -446,7 +418,7 @@ export class ProxyCore {
         const last = attempt >= retries;
         try {
           up = route.upstreamHttp2
-            ? await this.forwardH2(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route)
+            ? await this.h2.forward(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route, this.upstreamTimeoutMs)
             : await callUpstream(this.pools.get(base.origin, route), {
                 method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
                 path: upstreamPath,
@@ -504,7 +476,7 @@ export class ProxyCore {
       if (up.headers['content-length'] === undefined) res.flushHeaders();
       for await (const chunk of up.body) {
         log.bytesOut += (chunk as Buffer).length;
-        if (!res.write(chunk)) await new Promise<void>((r) => res.once('drain', r));
+        if (!res.write(chunk)) await writable(res);
         if (res.destroyed) break;
       }
       // gRPC puts its status in trailers: pass them on (HTTP/2 clients only).
@@ -599,11 +571,4 @@ export class ProxyCore {
     this.identity.close();
     await this.pools.close();
   }
-}
-
-/** `ctx.request.grpc` for a gRPC call: `/pkg.Service/Method` → `{service: "pkg.Service", method: "Method"}`. */
-function grpcCall(contentType: string | string[] | undefined, path: string): { service: string; method: string } | undefined {
-  if (typeof contentType !== 'string' || !contentType.startsWith('application/grpc')) return undefined;
-  const m = path.match(/^\/([^/]+)\/([^/]+)$/);
-  return m ? { service: m[1]!, method: m[2]! } : undefined;
 }
