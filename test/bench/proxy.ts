@@ -211,12 +211,20 @@ http {
       await workers.d.stop();
     }
     rows.push({
-      name: 'requests/s with `--proxy-workers 2` (two worker processes; nginx keeps one)',
+      name: 'requests/s with `--proxy-workers 2` (two worker processes; nginx keeps one) vs nginx auth_request (c)',
       ours: `${Math.round(multi.rps).toLocaleString('en')} req/s`,
-      reference: `(c) ${Math.round(auth.rps).toLocaleString('en')} req/s; (b) ${Math.round(pass.rps).toLocaleString('en')} req/s`,
-      ratio: `${(multi.rps / auth.rps).toFixed(2)}× (c); ${((multi.rps / pass.rps) * 100).toFixed(0)}% of (b)`,
-      target: '≥ 1.5× (c), ≥ 50% of (b)',
-      pass: multi.rps >= 1.5 * auth.rps && multi.rps >= 0.5 * pass.rps,
+      reference: `(c) ${Math.round(auth.rps).toLocaleString('en')} req/s`,
+      ratio: `${(multi.rps / auth.rps).toFixed(2)}×`,
+      target: '≥ 1.5× (c)',
+      pass: multi.rps >= 1.5 * auth.rps,
+    });
+    rows.push({
+      name: 'requests/s with `--proxy-workers 2` vs nginx proxy_pass (b)',
+      ours: `${Math.round(multi.rps).toLocaleString('en')} req/s`,
+      reference: `(b) ${Math.round(pass.rps).toLocaleString('en')} req/s`,
+      ratio: `${((multi.rps / pass.rps) * 100).toFixed(0)}% of (b)`,
+      target: '≥ 50% of (b)',
+      pass: multi.rps >= 0.5 * pass.rps,
     });
     // Latency rows: three interleaved rounds of reference then ours; each side's median p99 is
     // reported (single runs on this shared 2-core machine now and then catch a stall of the
@@ -260,7 +268,7 @@ http {
       name: 'requests/s of one Service with 1,000 more Services and 1,000 Policies configured',
       ours: `${Math.round(loaded.rps).toLocaleString('en')} req/s`,
       reference: `${Math.round(us.rps).toLocaleString('en')} req/s with 1 Service`,
-      ratio: `${(drop * 100).toFixed(1)}% ${drop >= 0 ? 'drop' : 'gain'}`,
+      ratio: `${Math.abs(drop * 100).toFixed(1)}% ${drop >= 0 ? 'drop' : 'gain'}`,
       target: '< 10% drop',
       pass: drop < 0.1,
     });

@@ -12,6 +12,8 @@ export interface ProxyRequest extends AsyncIterable<unknown> {
   readonly rawHeaders: string[];
   readonly httpVersionMajor: number;
   readonly socket: { readonly remoteAddress?: string | undefined };
+  /** Set when the listener already refused ambiguous framing (several Content-Lengths, CL with TE…). */
+  readonly framingChecked?: boolean;
 }
 
 export interface ProxyResponse {

@@ -243,7 +243,8 @@ export class ProxyCore {
   /** Resolves the Service, the caller and the decision; throws HttpError for every refusal. */
   private async admit(req: ProxyRequest, entry: Entry, log: AccessLogEntry, readBody: boolean, res?: ProxyResponse) {
     // HTTP/2 frames carry their own lengths; Content-Length/Transfer-Encoding games are HTTP/1.1's.
-    const framing = req.httpVersionMajor === 2 ? undefined : framingProblem(req.rawHeaders);
+    // (The proxy's own HTTP/1.1 listener refused these before the request got here.)
+    const framing = req.httpVersionMajor === 2 || req.framingChecked ? undefined : framingProblem(req.rawHeaders);
     if (framing) throw new HttpError(400, 'ambiguous request framing', framing);
     const target = normalizeTarget(req.url ?? '');
     if (!target.ok) throw new HttpError(400, 'bad request path', target.reason);

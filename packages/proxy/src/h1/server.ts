@@ -47,6 +47,7 @@ export class H1Request implements AsyncIterable<Buffer> {
   readonly headers: IncomingHttpHeaders;
   readonly rawHeaders: string[];
   readonly httpVersionMajor = 1;
+  readonly framingChecked = true;
   readonly httpVersionMinor: number;
   /** Set once the whole body has arrived (true at once when there is none). */
   complete: boolean;
