@@ -455,18 +455,7 @@ class Connection {
     this.res = undefined;
     this.decoder = undefined;
     this.wantsContinue = false;
-    if (close || this.clientEnded || !req?.complete) {
-      // Read and drop what the client still sends while it takes in the answer; the sweep
-      // closes the connection if the client does not within a few seconds.
-      this.phase = 'idle';
-      this.deadline = Date.now() + 5000;
-      this.buf = undefined;
-      this.socket.removeAllListeners('data');
-      this.socket.on('data', () => {});
-      this.socket.resume();
-      this.socket.end();
-      return;
-    }
+    if (close || this.clientEnded || !req?.complete) return this.endSoon();
     this.phase = 'idle';
     this.deadline = Date.now() + this.limits.keepAliveTimeoutMs;
     if (this.bodyPaused) this.resumeBody();
@@ -474,21 +463,28 @@ class Connection {
     if (this.buf) this.parseNext();
   }
 
+  /**
+   * No more requests on this connection: read and drop what the client still sends while it
+   * takes in the last answer (`last`, if given), then close; the sweep closes it if the client
+   * has not within a few seconds.
+   */
+  private endSoon(last?: string): void {
+    this.phase = 'idle';
+    this.deadline = Date.now() + 5000;
+    this.buf = undefined;
+    this.socket.removeAllListeners('data');
+    this.socket.on('data', () => {});
+    this.socket.resume();
+    if (last === undefined) this.socket.end();
+    else this.socket.end(last);
+  }
+
   /** A request that cannot be read: 4xx with a request ID, and the connection closes. */
   private refuse(err: ParseError): void {
     const rid = this.handlers.malformed(err.message);
-    this.phase = 'answering';
-    this.buf = undefined;
-    this.deadline = 0;
-    this.socket.removeAllListeners('data');
-    this.socket.on('data', () => {}); // read and drop the rest
-    if (this.res?.headersSent) {
-      this.socket.destroy();
-      return;
-    }
-    this.res = undefined;
+    if (this.res?.headersSent) return void this.socket.destroy();
     const body = `${err.status} ${STATUS_CODES[err.status]}: malformed request\nrequest id: ${rid}\n`;
-    this.socket.end(`HTTP/1.1 ${err.status} ${STATUS_CODES[err.status]}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nx-postern-request-id: ${rid}\r\nconnection: close\r\n\r\n${body}`);
+    this.endSoon(`HTTP/1.1 ${err.status} ${STATUS_CODES[err.status]}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nx-postern-request-id: ${rid}\r\nconnection: close\r\n\r\n${body}`);
   }
 
   /** The socket leaves HTTP (an upgrade). */
@@ -510,11 +506,9 @@ class Connection {
     if (this.phase === 'idle') return void this.socket.destroy();
     if (this.phase === 'head' || this.phase === 'body') {
       this.req?.fail(new Error('the request took too long to arrive'));
-      const body = '408 Request Timeout\n';
-      this.phase = 'answering';
-      this.deadline = 0;
       if (this.res?.headersSent) return void this.socket.destroy();
-      this.socket.end(`HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+      const body = '408 Request Timeout\n';
+      this.endSoon(`HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
     }
   }
 }
