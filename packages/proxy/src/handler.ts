@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { grpcCall, writable, type ProxyRequest, type ProxyResponse } from './exchange.js';
 import type { Duplex, Readable } from 'node:stream';
 import { isPosternError, type AnyResource } from '@postern/apis';
 import type { AccessTokenVerifier } from '@postern/authserver';
@@ -8,6 +7,7 @@ import type { ResourceCache } from '@postern/store';
 import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { logAccess, type AccessLogEntry } from './access-log.js';
+import { grpcCall, writable, type ProxyRequest, type ProxyResponse } from './exchange.js';
 import type { LuaRequestState } from './lua.js';
 import { PluginRunner, type RateCounter } from './plugins.js';
 import { HttpError, statusText } from './http-error.js';

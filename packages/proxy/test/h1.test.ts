@@ -3,6 +3,7 @@ import { connect, type Server } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { ChunkedDecoder, ParseError, headEnd, parseHead } from '../src/h1/parse.js';
 import { createH1Server, type H1Request, type H1Response } from '../src/h1/server.js';
+import { writable } from '../src/exchange.js';
 
 function parseError(text: string): ParseError {
   try {
@@ -130,6 +131,8 @@ describe('HTTP/1.1 listener', () => {
   let server: Server;
   let port: number;
   const malformed: string[] = [];
+  let floodWaiting = false;
+  let floodReleased = false;
 
   before(async () => {
     server = createH1Server(
@@ -162,6 +165,14 @@ describe('HTTP/1.1 listener', () => {
       res.write(Buffer.from('two'));
       res.addTrailers({ 'x-done': 'yes' });
       res.end();
+    } else if (url === '/flood') {
+      // Writes until the client stops reading, then waits; the test closes the client.
+      res.writeHead(200, { 'content-type': 'application/octet-stream' });
+      const chunk = Buffer.alloc(64 * 1024, 120);
+      while (res.write(chunk)) await new Promise((r) => setImmediate(r));
+      floodWaiting = true;
+      await writable(res);
+      floodReleased = res.destroyed;
     } else if (url === '/nocontent') {
       res.statusCode = 204;
       res.end();
@@ -253,6 +264,17 @@ describe('HTTP/1.1 listener', () => {
     assert.match(idle, /GET \/a/);
     const waited = Date.now() - started;
     assert.ok(waited >= 1400 && waited < 4000, `closed after ${waited} ms`);
+  });
+
+  it('releases a writer waiting for drain when the client goes away', async () => {
+    const s = connect(port, '127.0.0.1');
+    s.pause(); // read nothing: the server's writes back up
+    s.write('GET /flood HTTP/1.1\r\nHost: x\r\n\r\n');
+    for (let i = 0; i < 200 && !floodWaiting; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(floodWaiting, 'the handler never had to wait');
+    s.destroy();
+    for (let i = 0; i < 200 && !floodReleased; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(floodReleased, 'the handler still waits for a drain that cannot come');
   });
 
   it('hands upgrades to the upgrade handler with the socket', async () => {
