@@ -2,34 +2,14 @@ import { createHash } from 'node:crypto';
 import { PosternError, clusterCidrV4, clusterCidrV6, dnsOffset, ipv4At, ipv6At, reservedOffsets, type AnyResource } from '@postern/apis';
 import type { Identity } from '@postern/authserver';
 import { modifyResource, type ResourceCache, type ResourceStore } from '@postern/store';
+import type { ConnectState, ServiceInfo } from './gen/postern/user/v1/user.js';
 
 export const tunnelMtu = 1280;
 export const keepaliveSeconds = 30;
 const wgKey = /^[A-Za-z0-9+/]{43}=$/;
 
-/** A Service as the User API describes it (ListServices, and the tunnel's state). */
-export interface ServiceInfo {
-  name: string;
-  namespace: string;
-  mode: string;
-  port: number;
-  isPublic: boolean;
-  addresses: string[];
-  privateHostname: string;
-  publicHostname: string;
-}
-
-export interface ConnectState {
-  addresses: string[];
-  gateways: { name: string; publicKey: string; endpoint: string; allowedIps: string[] }[];
-  dnsServers: string[];
-  mtu: number;
-  domain: string;
-  keepaliveSeconds: number;
-  session: string;
-  /** What the session may reach now; a new state comes when this changes. */
-  services: ServiceInfo[];
-}
+/** The Services a session may reach and the state a tunnel follows are the wire types (proto/postern/user/v1). */
+export type { ConnectState, ServiceInfo };
 
 /**
  * The User API's tunnel calls: allocates a session's addresses (race-free, in the database),
