@@ -8,7 +8,7 @@ import { formatPath, type PathSegment, type ValidationIssue } from './validate.j
  */
 export function unsupportedFeatures(r: AnyResource): ValidationIssue[] {
   if (r.kind !== 'Service') return [];
-  type Config = { upstream?: { container?: unknown; user?: string; loadbalance?: { endpoints?: { user?: string }[] } }; http?: { plugins?: Record<string, unknown>[] } } | undefined;
+  type Config = { upstream?: { container?: unknown; user?: string; loadbalance?: { endpoints?: { user?: string }[] } } } | undefined;
   const spec = (r.spec ?? {}) as { config?: Config; dynamicConfig?: { configs?: Config[] } };
   const configs: [PathSegment[], Config][] = [[['spec', 'config'], spec.config]];
   (spec.dynamicConfig?.configs ?? []).forEach((c, i) => configs.push([['spec', 'dynamicConfig', 'configs', i], c]));
@@ -20,11 +20,6 @@ export function unsupportedFeatures(r: AnyResource): ValidationIssue[] {
     if (up?.user) issue([...base, 'upstream', 'user'], 'upstreams served by a connected client are not implemented yet; point upstream.url at the service');
     (up?.loadbalance?.endpoints ?? []).forEach((e, i) => {
       if (e.user) issue([...base, 'upstream', 'loadbalance', 'endpoints', i, 'user'], 'upstreams served by a connected client are not implemented yet; give the endpoint a url only');
-    });
-    (config?.http?.plugins ?? []).forEach((p, i) => {
-      const at = [...base, 'http', 'plugins', i];
-      if (p.extProc) issue([...at, 'extProc'], 'extProc plugins are not implemented yet (lua, rateLimit, direct and jsonSchema are)');
-      if (p.phase === 'PRE_AUTH' && p.lua) issue([...at, 'phase'], 'Lua plugins run in phase POST_AUTH only (they change the request sent upstream); drop the phase');
     });
   }
   return issues;

@@ -21,17 +21,19 @@ export async function* counted(req: ProxyRequest, add: (n: number) => void): Asy
   }
 }
 
-/** Reads a body up to `limit` bytes; beyond it, 413 (checked against Content-Length first). */
-export async function readLimited(req: ProxyRequest, limit: number): Promise<Buffer> {
-  const declared = req.headers['content-length'];
-  if (declared !== undefined && Number(declared) > limit) throw new HttpError(413, `the request body is larger than ${limit} bytes`);
+/**
+ * Reads a body up to `limit` bytes; beyond it, 413 (checked against a request's Content-Length
+ * first), or the error `tooLarge` makes (an upstream's response read for a plugin).
+ */
+export async function readLimited(from: ProxyRequest | AsyncIterable<Buffer>, limit: number, tooLarge = () => new HttpError(413, `the request body is larger than ${limit} bytes`)): Promise<Buffer> {
+  const declared = 'headers' in from ? from.headers['content-length'] : undefined;
+  if (declared !== undefined && Number(declared) > limit) throw tooLarge();
   const chunks: Buffer[] = [];
   let size = 0;
-  for await (const chunk of req) {
+  for await (const chunk of from) {
     size += (chunk as Buffer).length;
-    if (size > limit) throw new HttpError(413, `the request body is larger than ${limit} bytes`);
+    if (size > limit) throw tooLarge();
     chunks.push(chunk as Buffer);
   }
   return Buffer.concat(chunks);
 }
-

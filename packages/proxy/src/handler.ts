@@ -8,12 +8,11 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { logAccess, type AccessLogEntry } from './access-log.js';
 import { grpcCall, writable, type ProxyRequest, type ProxyResponse } from './exchange.js';
-import type { LuaRequestState } from './lua.js';
-import { PluginRunner, type RateCounter } from './plugins.js';
-import { HttpError, statusText } from './http-error.js';
+import { PluginRunner, type PluginRequestState, type RateCounter } from './plugins.js';
+import { HttpError, replyError, replyErrorOnSocket } from './http-error.js';
 import { counted, drain, readLimited } from './bodies.js';
 import { answerPreflight, corsResponseHeaders } from './cors.js';
-import { connectionHeaders, flatHeaders, framingProblem } from './headers.js';
+import { connectionHeaders, flatHeaders, framingProblem, upstreamHeaders } from './headers.js';
 import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
 import { normalizeTarget } from './normalize.js';
 import { compileService, rewritePath, type CompiledService, type Route } from './routes.js';
@@ -44,6 +43,9 @@ export interface ProxyCoreOptions {
 /** Where a request came in: a Service's own listener (tunnel side) or the public HTTPS listener. */
 export type Entry = { kind: 'service'; service: string } | { kind: 'public' };
 
+
+/** Headers PRE_AUTH plugins cannot change: the request's framing and target. */
+const fixedHeader = (k: string) => k.startsWith(':') || k === 'host' || k === 'content-length' || k === 'transfer-encoding' || k === 'connection';
 
 /** Policies whose rules read the body: the request must then be buffered before deciding. */
 const readsBody = new WeakMap<object, boolean>();
@@ -258,76 +260,58 @@ export class ProxyCore {
     log.session = caller?.session.metadata.name;
     const policies = caller || svc.spec.isAnonymous ? this.policiesFor(svc, caller) : [];
     const declared = Number(req.headers['content-length'] ?? 0);
-    const body = readBody && (svc.buffers || needsBody(policies)) ? await readLimited(req, svc.maxRequestSize) : undefined;
-    const http = httpRequest({
-      method: req.method ?? 'GET',
-      path: target.path,
-      query: target.query,
-      host: req.headers.host ?? '',
-      scheme: entry.kind === 'public' ? 'https' : 'http',
-      headers: flatHeaders(req.headers),
-      size: body?.length ?? declared,
-      body,
-    });
-    const ctx = this.context(svc, caller, http);
+    let body = readBody && (svc.buffers || needsBody(policies)) ? await readLimited(req, svc.maxRequestSize) : undefined;
+    const http = () =>
+      httpRequest({
+        method: req.method ?? 'GET',
+        path: target.path,
+        query: target.query,
+        host: req.headers.host ?? '',
+        scheme: entry.kind === 'public' ? 'https' : 'http',
+        headers: flatHeaders(req.headers),
+        size: body?.length ?? declared,
+        body,
+      });
+    const ctx = this.context(svc, caller, http());
     const grpc = grpcCall(req.headers['content-type'], target.path);
     if (grpc) (ctx.request as Record<string, unknown>).grpc = grpc;
     // PRE_AUTH plugins run on the route the request would take, before the decision.
     let route: Route | undefined;
+    let pluginState: PluginRequestState | undefined;
     if (svc.preAuth) {
       route = this.route(svc, ctx);
       const pre = route ? this.plugins.select(route, 'PRE_AUTH', ctx) : [];
-      if (pre.length && (await this.plugins.runRequest(pre, { ctx, body, requestHeaders: {} }, caller, res))) return { answered: true as const };
+      if (pre.length) {
+        pluginState = { ctx, body, requestHeaders: { ...req.headers } as Record<string, string | string[]> };
+        try {
+          if (await this.plugins.runRequest(pre, pluginState, caller, res)) return { answered: true as const, pluginState };
+        } catch (err) {
+          this.plugins.finish(pluginState);
+          throw err;
+        }
+        // What PRE_AUTH plugins changed is the request from here on: the policy decides on it
+        // and the upstream receives it. Framing and Host stay the gateway's.
+        for (const k of Object.keys(req.headers)) if (!(k in pluginState.requestHeaders) && !fixedHeader(k)) delete req.headers[k];
+        for (const [k, v] of Object.entries(pluginState.requestHeaders)) if (!fixedHeader(k)) req.headers[k] = v;
+        body = pluginState.body;
+        (ctx.request as Record<string, unknown>).http = http();
+      }
     }
-    const decision = this.authorize(svc, caller, ctx);
-    log.decision = decision.effect;
-    log.reason = decision.reason;
-    if (decision.effect !== 'ALLOW') {
-      throw new HttpError(decision.reason.detail === 'NO_IDENTITY' ? 401 : 403, 'access denied by policy', describeDecision(decision));
+    try {
+      const decision = this.authorize(svc, caller, ctx);
+      log.decision = decision.effect;
+      log.reason = decision.reason;
+      if (decision.effect !== 'ALLOW') {
+        throw new HttpError(decision.reason.detail === 'NO_IDENTITY' ? 401 : 403, 'access denied by policy', describeDecision(decision));
+      }
+      route ??= this.route(svc, ctx);
+      if (!route) throw new HttpError(404, 'no route of this service matches the request', 'no dynamicConfig rule matched and there is no default config');
+    } catch (err) {
+      this.plugins.finish(pluginState);
+      throw err;
     }
-    route ??= this.route(svc, ctx);
-    if (!route) throw new HttpError(404, 'no route of this service matches the request', 'no dynamicConfig rule matched and there is no default config');
     log.config = route.name;
-    return { answered: false as const, svc, caller, route, body, target, ctx };
-  }
-
-  private upstreamHeaders(req: ProxyRequest, caller: Caller | undefined, svc: CompiledService, route: Route, upstream: URL, entry: Entry): Record<string, string | string[]> {
-    const drop = connectionHeaders(req.headers);
-    const out: Record<string, string | string[]> = {};
-    for (const [k, v] of Object.entries(req.headers)) {
-      if (k === 'te' && v === 'trailers' && route.upstreamHttp2) {
-        out.te = 'trailers'; // gRPC needs it, and HTTP/2 allows exactly this value
-        continue;
-      }
-      if (v === undefined || k.startsWith(':') || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k.startsWith('x-postern-')) continue;
-      if (k === 'authorization' && !route.passAuthorization && !svc.spec.isAnonymous) continue;
-      if (k === 'cookie' && typeof v === 'string' && v.includes('postern_auth=')) {
-        const rest = v.split(';').map((c) => c.trim()).filter((c) => !c.startsWith('postern_auth='));
-        if (rest.length) out.cookie = rest.join('; ');
-        continue;
-      }
-      if (route.removeRequestHeaders.has(k)) continue;
-      out[k] = v;
-    }
-    out.host = upstream.host;
-    const peer = plainIp(req.socket.remoteAddress);
-    out['x-forwarded-for'] = peer;
-    out['x-forwarded-proto'] = entry.kind === 'public' ? 'https' : 'http';
-    const host = req.headers.host ?? (req.headers[':authority'] as string | undefined);
-    if (host) out['x-forwarded-host'] = host;
-    if (caller) {
-      out['x-postern-user'] = caller.user.metadata.name;
-      if (caller.user.metadata.uid) out['x-postern-user-uid'] = caller.user.metadata.uid;
-      const email = (caller.user.spec as { email?: string }).email;
-      if (email) out['x-postern-user-email'] = email;
-      out['x-postern-groups'] = caller.groups.map((g) => g.metadata.name).join(',');
-      out['x-postern-session'] = caller.session.metadata.name;
-    }
-    for (const h of route.addRequestHeaders) {
-      const have = out[h.key];
-      out[h.key] = h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value;
-    }
-    return out;
+    return { answered: false as const, svc, caller, route, body, target, ctx, pluginState };
   }
 
   /** Balancers live per Service and config name, so a Service update keeps their state. */
@@ -351,9 +335,11 @@ export class ProxyCore {
     const log: AccessLogEntry = { type: 'access', rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0 };
     res.setHeader('x-postern-request-id', rid);
     let bytesIn = 0;
+    let pluginState: PluginRequestState | undefined;
     try {
       if (this.preflight(req, res, entry, log)) return;
       const admitted = await this.admit(req, entry, log, true, res);
+      pluginState = admitted.pluginState;
       if (admitted.answered) {
         log.status = res.statusCode;
         return;
@@ -369,15 +355,16 @@ export class ProxyCore {
       const pathOn = (b: URL) => `${b.pathname === '/' ? '' : b.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`;
       let upstreamPath = pathOn(base);
       log.upstream = base.origin;
-      const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
+      const headers = upstreamHeaders(req, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
       const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
       if (requestPlugins.length) {
-        const state: LuaRequestState = { ctx, body, requestHeaders: headers };
-        if (await this.plugins.runRequest(requestPlugins, state, caller, res)) {
+        // PRE_AUTH plugins' ext_proc streams stay open for the response side, after these.
+        pluginState = { ctx, body, requestHeaders: headers, exchanges: pluginState?.exchanges };
+        if (await this.plugins.runRequest(requestPlugins, pluginState, caller, res)) {
           log.status = res.statusCode;
           return;
         }
-        body = state.body;
+        body = pluginState.body;
       }
       if (body) {
         bytesIn = body.length;
@@ -453,8 +440,28 @@ export class ProxyCore {
         if (up.h2Trailers && (k === 'grpc-status' || k === 'grpc-message' || k === 'grpc-status-details-bin')) grpcStatus[k] = v;
         else responseHeaders.set(k, v);
       }
+      let status = up.statusCode;
+      let read: Buffer | undefined;
       const luaPlugins = requestPlugins.length ? requestPlugins.filter((p) => p.lua) : requestPlugins;
-      if (luaPlugins.length) await this.plugins.runResponse(luaPlugins, { ctx, responseHeaders });
+      if (luaPlugins.length || pluginState?.exchanges) {
+        const readUpstream = async () => (read = up.whole?.() ?? (await readLimited(up.body, route.maxRequestSize, () => new HttpError(502, 'the upstream response is too large for the gateway plugin that reads it', `over ${route.maxRequestSize} bytes`))));
+        const changed = await this.plugins.runResponse(luaPlugins, { ctx, responseHeaders, status, body: readUpstream }, pluginState?.exchanges);
+        if (changed.immediate) {
+          if (!read) void drain(up.body);
+          const a = changed.immediate;
+          for (const [k, v] of Object.entries(a.headers)) res.setHeader(k, v);
+          res.writeHead(a.status, { 'content-length': a.body.length });
+          res.end(a.body);
+          log.status = a.status;
+          return;
+        }
+        status = changed.status ?? status;
+        if (changed.body) {
+          read = changed.body;
+          responseHeaders.delete('transfer-encoding');
+          responseHeaders.set('content-length', String(read.length));
+        }
+      }
       const origin = req.headers.origin;
       if (route.cors && origin) corsResponseHeaders(route.cors, origin, responseHeaders);
       for (const h of route.addResponseHeaders) {
@@ -462,11 +469,11 @@ export class ProxyCore {
         responseHeaders.set(h.key, h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value);
       }
       for (const [k, v] of responseHeaders) res.setHeader(k, v);
-      res.writeHead(up.statusCode);
-      log.status = up.statusCode;
+      res.writeHead(status);
+      log.status = status;
       // A body that has already arrived whole (most small answers) goes out with the headers in
       // one write, without iterating.
-      const whole = up.whole?.();
+      const whole = read ?? up.whole?.();
       if (whole) {
         log.bytesOut = whole.length;
         res.end(whole);
@@ -489,6 +496,7 @@ export class ProxyCore {
     } catch (err) {
       this.fail(res, err, log);
     } finally {
+      this.plugins.finish(pluginState);
       log.bytesIn = bytesIn || (log.bytesIn ?? 0);
       log.latencyMs = +(performance.now() - started).toFixed(3);
       logAccess(this.log, log);
@@ -503,15 +511,7 @@ export class ProxyCore {
       res.destroy();
       return;
     }
-    const body = `${e.status} ${statusText[e.status] ?? ''}: ${e.publicMessage}\nrequest id: ${log.rid}\n`;
-    res.statusCode = e.status;
-    res.setHeader('content-type', 'text/plain; charset=utf-8');
-    res.setHeader('content-length', Buffer.byteLength(body));
-    res.setHeader('cache-control', 'no-store');
-    if (e.status === 401) res.setHeader('www-authenticate', 'Bearer realm="postern"');
-    for (const [k, v] of Object.entries(e.headers)) res.setHeader(k, v);
-    if (e.status === 400 || e.status === 413) res.setHeader('connection', 'close');
-    res.end(body);
+    replyError(res, e, log.rid);
   }
 
   /** Handles a WebSocket (or other) upgrade: same admission as a request, then a byte pipe. */
@@ -522,16 +522,25 @@ export class ProxyCore {
     socket.on('error', () => socket.destroy());
     try {
       const admitted = await this.admit(req, entry, log, false);
+      // ext_proc sees an upgrade's request headers only: its response is a byte stream.
+      this.plugins.finish(admitted.pluginState);
       if (admitted.answered) return;
       const { svc, caller, route, target, ctx } = admitted;
       const endpoint = this.balancer(svc, route).pick(route.endpoints);
       if (!endpoint || endpoint.user) throw new HttpError(502, 'the service has no reachable upstream');
       const base = endpoint.url;
       const path = rewritePath(target.path, route);
-      const headers = this.upstreamHeaders(req, caller, svc, route, base, entry);
+      const headers = upstreamHeaders(req, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
       // Plugins hold for upgrades too (a rate limit, a direct answer, header changes by Lua).
       const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
-      if (requestPlugins.length) await this.plugins.runRequest(requestPlugins, { ctx, body: undefined, requestHeaders: headers }, caller, undefined);
+      if (requestPlugins.length) {
+        const state: PluginRequestState = { ctx, body: undefined, requestHeaders: headers };
+        try {
+          await this.plugins.runRequest(requestPlugins, state, caller, undefined);
+        } finally {
+          this.plugins.finish(state);
+        }
+      }
       Object.assign(headers, await this.upstreamAuth.headers(route, { method: 'GET', url: new URL(path, base), headers: headers as Record<string, string> }));
       const protocol = typeof req.headers.upgrade === 'string' ? req.headers.upgrade : 'websocket';
       const up = await this.pools.get(base.origin, route).upgrade({ path: `${path}${target.query ? `?${target.query}` : ''}`, method: 'GET', headers, protocol });
@@ -550,10 +559,7 @@ export class ProxyCore {
       const e = err instanceof HttpError ? err : new HttpError(502, 'the upgrade failed', (err as Error).message);
       log.status = e.status;
       log.error = e.internal ?? e.publicMessage;
-      const body = `${e.status} ${statusText[e.status] ?? ''}: ${e.publicMessage}\nrequest id: ${rid}\n`;
-      // Plugin headers (retry-after, a direct answer's own) go out too; CR/LF cannot reach them (the schema and HTTP parser refuse it).
-      const extra = Object.entries(e.headers).map(([k, v]) => `${k}: ${v}\r\n`).join('');
-      socket.end(`HTTP/1.1 ${e.status} ${statusText[e.status] ?? 'Error'}\r\ncontent-type: text/plain\r\ncontent-length: ${Buffer.byteLength(body)}\r\nx-postern-request-id: ${rid}\r\n${extra}connection: close\r\n\r\n${body}`);
+      replyErrorOnSocket(socket, e, rid);
     } finally {
       log.latencyMs = +(performance.now() - started).toFixed(3);
       logAccess(this.log, log);

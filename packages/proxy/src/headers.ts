@@ -1,4 +1,7 @@
 import type { IncomingHttpHeaders } from 'node:http';
+import type { ProxyRequest } from './exchange.js';
+import { plainIp, type Caller } from './identity.js';
+import type { Route } from './routes.js';
 
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). */
 const hopByHop = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
@@ -49,4 +52,48 @@ export function framingProblem(rawHeaders: readonly string[]): string | undefine
   if (transferEncoding !== undefined && contentLength > 0) return 'both Content-Length and Transfer-Encoding';
   if (transferEncoding !== undefined && transferEncoding.trim().toLowerCase() !== 'chunked') return `unsupported Transfer-Encoding "${transferEncoding}"`;
   return undefined;
+}
+
+/**
+ * The headers sent upstream: the caller's, less hop-by-hop ones, the caller's `x-forwarded-*`
+ * and `x-postern-*` (never trusted), the `postern_auth` cookie and, unless
+ * `authorizationMode: PASS`, the caller's Authorization; then `x-forwarded-*`, the caller's identity, and the route's own.
+ */
+export function upstreamHeaders(req: ProxyRequest, caller: Caller | undefined, anonymous: boolean, route: Route, upstream: URL, isPublic: boolean): Record<string, string | string[]> {
+  const drop = connectionHeaders(req.headers);
+  const out: Record<string, string | string[]> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (k === 'te' && v === 'trailers' && route.upstreamHttp2) {
+      out.te = 'trailers'; // gRPC needs it, and HTTP/2 allows exactly this value
+      continue;
+    }
+    if (v === undefined || k.startsWith(':') || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k.startsWith('x-postern-')) continue;
+    if (k === 'authorization' && !route.passAuthorization && !anonymous) continue;
+    if (k === 'cookie' && typeof v === 'string' && v.includes('postern_auth=')) {
+      const rest = v.split(';').map((c) => c.trim()).filter((c) => !c.startsWith('postern_auth='));
+      if (rest.length) out.cookie = rest.join('; ');
+      continue;
+    }
+    if (route.removeRequestHeaders.has(k)) continue;
+    out[k] = v;
+  }
+  out.host = upstream.host;
+  const peer = plainIp(req.socket.remoteAddress);
+  out['x-forwarded-for'] = peer;
+  out['x-forwarded-proto'] = isPublic ? 'https' : 'http';
+  const host = req.headers.host ?? (req.headers[':authority'] as string | undefined);
+  if (host) out['x-forwarded-host'] = host;
+  if (caller) {
+    out['x-postern-user'] = caller.user.metadata.name;
+    if (caller.user.metadata.uid) out['x-postern-user-uid'] = caller.user.metadata.uid;
+    const email = (caller.user.spec as { email?: string }).email;
+    if (email) out['x-postern-user-email'] = email;
+    out['x-postern-groups'] = caller.groups.map((g) => g.metadata.name).join(',');
+    out['x-postern-session'] = caller.session.metadata.name;
+  }
+  for (const h of route.addRequestHeaders) {
+    const have = out[h.key];
+    out[h.key] = h.append && have !== undefined ? [...(Array.isArray(have) ? have : [have]), h.value] : h.value;
+  }
+  return out;
 }

@@ -13,3 +13,5 @@ export { framingProblem } from './headers.js';
 export { UpstreamPools, Balancer } from './upstream.js';
 export { LocalRateCounter, type RateCounter, type RateWindow } from './plugins.js';
 export { explainRequest, type ExplainInput, type Explanation } from './explain.js';
+/** Envoy's ext_proc protocol as Postern speaks it (for writing processors and testing them). */
+export * as extProcProtocol from './gen/envoy/service/ext_proc/v3/external_processor.js';

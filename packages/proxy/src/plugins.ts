@@ -3,9 +3,35 @@ import type { ProxyResponse } from './exchange.js';
 import { compileJsonSchema, durationMs } from '@postern/apis';
 import { compileCel, evaluateCondition } from '@postern/policy';
 import { HttpError } from './http-error.js';
+import { ExtProcClients, type ExtProcAnswer, type ExtProcExchange } from './ext-proc.js';
 import type { Caller } from './identity.js';
 import { LuaPlugin, type LuaRequestState, type LuaResponseState } from './lua.js';
 import type { Route } from './routes.js';
+
+type Plugin = Route['plugins'][number];
+
+/** One request as its plugins see and change it: Lua's state, and the open ext_proc streams. */
+export interface PluginRequestState extends LuaRequestState {
+  /** ext_proc streams opened on the request side, kept for the response side, in plugin order. */
+  exchanges?: Map<Plugin, ExtProcExchange>;
+}
+
+/** The response as plugins see it; `body()` reads the upstream's whole body when a processor asks for it. */
+export interface PluginResponseState extends LuaResponseState {
+  status: number;
+  body: () => Promise<Buffer>;
+}
+
+/** The status, headers and body a plugin answered with, instead of the upstream. */
+function answer(res: ProxyResponse | undefined, status: number, headers: Record<string, string | string[]>, body: string | Buffer, why: string): true {
+  // An upgrade request has no response object: the answer goes out as an error reply.
+  if (!res) throw new HttpError(status, body.toString(), why, headers);
+  for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
+  res.statusCode = status;
+  res.setHeader('content-length', Buffer.byteLength(body));
+  res.end(body);
+  return true;
+}
 
 /** A rate-limit window: when it started and how many hits it holds, this one included. */
 export interface RateWindow {
@@ -41,6 +67,7 @@ export class LocalRateCounter implements RateCounter {
  */
 export class PluginRunner {
   private readonly lua = new Map<string, Promise<LuaPlugin>>();
+  private readonly extProc = new ExtProcClients();
   constructor(
     private readonly now: () => Date,
     private readonly counter: RateCounter = new LocalRateCounter(),
@@ -73,18 +100,24 @@ export class PluginRunner {
 
   /**
    * Runs the request side of plugins: `direct` answers at once, `rateLimit` may answer 429,
-   * Lua may change headers and body or `exit(status)`. Returns whether it answered on `res`
-   * (without `res`, for upgrades, a direct answer is thrown as an HttpError).
+   * Lua may change headers and body or `exit(status)`, an external processor may change them or
+   * answer itself. Returns whether it answered on `res` (without `res`, for upgrades, an answer
+   * is thrown as an HttpError).
    */
-  async runRequest(plugins: Route['plugins'], state: LuaRequestState, caller: Caller | undefined, res: ProxyResponse | undefined): Promise<boolean> {
+  async runRequest(plugins: Route['plugins'], state: PluginRequestState, caller: Caller | undefined, res: ProxyResponse | undefined): Promise<boolean> {
     for (const p of plugins) {
-      if (p.direct) {
-        // An upgrade request has no response object: the answer goes out as an error reply.
-        if (!res) throw new HttpError(p.direct.statusCode ?? 200, p.direct.body ?? '', `plugin ${p.name} answered directly`, p.direct.headers ?? {});
-        for (const [k, v] of Object.entries(p.direct.headers ?? {})) res.setHeader(k, v);
-        res.statusCode = p.direct.statusCode ?? 200;
-        res.end(p.direct.body ?? '');
-        return true;
+      if (p.direct) return answer(res, p.direct.statusCode ?? 200, p.direct.headers ?? {}, p.direct.body ?? '', `plugin ${p.name} answered directly`);
+      if (p.extProc) {
+        const ex = this.extProc.open(p.name, p.extProc);
+        (state.exchanges ??= new Map()).set(p, ex);
+        const http = (state.ctx.request as { http: { method: string; uri: string; host: string; scheme: string } }).http;
+        const a = await ex.request(state.requestHeaders, { method: http.method, path: http.uri, authority: http.host, scheme: http.scheme }, state.body);
+        if (a.immediate) return answer(res, a.immediate.status, a.immediate.headers, a.immediate.body, `plugin ${p.name}: the external processor answered ${a.immediate.status}`);
+        if (a.body) {
+          state.body = a.body;
+          state.bodyChanged = true;
+        }
+        continue;
       }
       if (p.rateLimit) {
         const rl = p.rateLimit;
@@ -134,7 +167,12 @@ export class PluginRunner {
     return typeof v === 'string' ? v : JSON.stringify(v ?? null, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x));
   }
 
-  async runResponse(plugins: Route['plugins'], state: LuaResponseState): Promise<void> {
+  /**
+   * Runs the response side: Lua's `onResponse` in plugin order, then each external processor
+   * that asked for the response. Returns what a processor changed: the status, the body (the
+   * upstream's whole body once read), or its own answer.
+   */
+  async runResponse(plugins: Route['plugins'], state: PluginResponseState, exchanges: PluginRequestState['exchanges']): Promise<ExtProcAnswer> {
     for (const p of plugins) {
       if (!p.lua) continue;
       try {
@@ -143,9 +181,31 @@ export class PluginRunner {
         throw new HttpError(500, 'a gateway plugin failed', `plugin ${p.name} onResponse: ${(err as Error).message}`);
       }
     }
+    const out: ExtProcAnswer = {};
+    if (!exchanges) return out;
+    const headers = Object.fromEntries(state.responseHeaders);
+    let body: Buffer | undefined;
+    const read = async () => (body ??= await state.body());
+    for (const ex of exchanges.values()) {
+      if (!ex.wantsResponse) continue;
+      const a = await ex.response(out.status ?? state.status, headers, read);
+      if (a.immediate) return a;
+      if (a.status) out.status = a.status;
+      if (a.body) body = a.body;
+    }
+    state.responseHeaders.clear();
+    for (const [k, v] of Object.entries(headers)) state.responseHeaders.set(k, v);
+    if (body) out.body = body;
+    return out;
+  }
+
+  /** Ends a request's ext_proc streams once it is answered, however it was (a processor that failed was already cancelled). */
+  finish(state: PluginRequestState | undefined): void {
+    for (const ex of state?.exchanges?.values() ?? []) ex.end();
   }
 
   close(): void {
+    this.extProc.close();
     for (const p of this.lua.values()) void p.then((x) => x.close(), () => {});
   }
 }

@@ -76,7 +76,7 @@ function compileConfig(c: ServiceConfig, name: string): Route {
     removeResponseHeaders: lower(http.header?.removeResponseHeaders),
     passAuthorization: http.header?.authorizationMode === 'PASS',
     auth: http.auth,
-    buffer: !!http.enableRequestBuffering || http.body?.mode === 'JSON' || plugins.some((p) => p.lua || p.jsonSchema),
+    buffer: !!http.enableRequestBuffering || http.body?.mode === 'JSON' || plugins.some((p) => p.lua || p.jsonSchema || p.extProc?.requestMode === 'BODY'),
     maxRequestSize: http.body?.maxRequestSize ?? defaultMaxRequestSize,
     upstreamHttp2: !!http.isUpstreamHTTP2,
     insecureSkipVerify: !!c.tls?.insecureSkipVerify,

@@ -39,6 +39,16 @@ export const Upstream = z
   .check(oneOf(['url', 'loadbalance', 'container', 'user'], 'upstream'));
 
 /** An HTTP field name (RFC 9110 token) and a value without CR, LF or NUL: nothing can split a header. */
+/**
+ * An ext_proc server's address: `host:port` or `grpc://host:port` (HTTP/2 without TLS),
+ * `grpcs://host:port` (TLS). Returns the gRPC target and whether to use TLS.
+ */
+export function grpcAddress(address: string): { target: string; tls: boolean } | undefined {
+  const m = /^(?:(grpcs?):\/\/)?(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(address.trim());
+  if (!m || Number(m[3]) < 1 || Number(m[3]) > 65535) return undefined;
+  return { target: `${m[2]}:${m[3]}`, tls: m[1] === 'grpcs' };
+}
+
 const headerName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not an HTTP header name (letters, digits and !#$%&\'*+.^_`|~-)');
 const headerText = z.string().regex(/^[^\r\n\0]*$/, 'a header value cannot hold CR, LF or NUL');
 const HeaderValue = z.strictObject({ key: headerName, value: headerText, append: z.boolean().optional() });
@@ -75,9 +85,10 @@ export const Plugin = z
     lua: z.strictObject({ inline: z.string().min(1) }).optional(),
     extProc: z
       .strictObject({
-        address: z.string(),
+        address: z.string().refine((a) => grpcAddress(a) !== undefined, 'not a gRPC address: write host:port (HTTP/2 without TLS) or grpcs://host:port (TLS)'),
         timeout: Duration.optional(),
         requestMode: z.enum(['NONE', 'HEADERS', 'BODY']).optional(),
+        responseMode: z.enum(['NONE', 'HEADERS', 'BODY']).optional(),
       })
       .optional(),
     rateLimit: z
