@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { connect } from 'node:http2';
 import { createServer } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { Server, ServerCredentials, type ServerDuplexStream } from '@grpc/grpc-js';
@@ -102,6 +103,7 @@ describe('proxy ext_proc plugins', () => {
   const proc = new Processor();
   const from = '127.0.80.3';
   const ports: Record<string, number> = {};
+  let token = '';
   const logLines: string[] = [];
   /** The access-log error for a request ID (the answer itself never carries it). */
   const logged = (body: string) => {
@@ -120,6 +122,7 @@ describe('proxy ext_proc plugins', () => {
     const yaml = [
       'kind: User\nmetadata: {name: pat}\nspec: {type: HUMAN}',
       svc('headers', `        - name: enrich\n          extProc: {address: "${at}", timeout: {milliseconds: 300}}`),
+      svc('pub', `        - name: enrich\n          phase: PRE_AUTH\n          extProc: {address: "${at}"}`).replace('spec:\n', 'spec:\n  isPublic: true\n'),
       svc('redact', `        - name: redact\n          extProc: {address: "grpc://${at}", requestMode: BODY, responseMode: NONE}`),
       svc('shout', `        - name: shout\n          extProc: {address: "${at}", requestMode: NONE, responseMode: BODY}`),
       svc('down', `        - name: gone\n          extProc: {address: "127.0.0.1:${await closedPort()}"}`),
@@ -130,7 +133,7 @@ describe('proxy ext_proc plugins', () => {
     const r = await tc.cli('posternctl', ['apply', '-'], { stdin: yaml });
     assert.equal(r.code, 0, r.err);
     for (const n of ['headers', 'redact', 'shout', 'down', 'tiered', 'lua-tiered']) ports[n] = await tc.cluster.proxy!.listenService(`${n}.default`, '127.0.0.1', 0);
-    await tc.connectedSession('pat', from);
+    token = (await tc.connectedSession('pat', from)).accessToken;
   });
   after(async () => {
     await tc?.stop();
@@ -156,6 +159,30 @@ describe('proxy ext_proc plugins', () => {
     assert.equal(first.protocolConfig?.requestBodyMode, ep.BodySendMode.NONE);
     assert.equal(s.messages[1]!.protocolConfig, undefined, 'the protocol configuration goes in the first message only');
     assert.equal(header(s.messages[1]!.responseHeaders, ':status'), '200');
+  });
+
+  it('works the same in PRE_AUTH for HTTP/2 on the public HTTPS listener, where pseudo-headers are headers', async () => {
+    const session = connect(`https://127.0.0.1:${tc.cluster.publicAddress!.split(':').at(-1)}`, { ca: tc.cluster.caPem!, servername: `pub.${tc.domain}` });
+    try {
+      const r = await new Promise<{ status: number; headers: Record<string, unknown> }>((resolve, reject) => {
+        const req = session.request({ ':path': '/enrich/h2', ':authority': `pub.${tc.domain}`, authorization: `Bearer ${token}` });
+        req.on('response', (headers) => {
+          req.resume();
+          req.on('end', () => resolve({ status: Number(headers[':status']), headers }));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+      assert.equal(r.status, 203);
+      assert.equal(r.headers['x-processed'], 'yes');
+    } finally {
+      session.close();
+    }
+    assert.equal(up.last()!.headers['x-enriched'], 'nobody', 'before the decision, no identity headers yet');
+    assert.equal(up.last()!.headers['x-postern-user'], 'pat');
+    const keys = proc.last().messages[0]!.requestHeaders!.headers!.headers.map((h) => h.key);
+    assert.deepEqual(keys.filter((k) => k.startsWith(':')), [':method', ':path', ':authority', ':scheme'], 'each pseudo-header once');
+    assert.equal(header(proc.last().messages[0]!.requestHeaders, ':scheme'), 'https');
   });
 
   it('sends the buffered request body and forwards the body the processor returns', async () => {
