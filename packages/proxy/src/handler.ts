@@ -8,7 +8,7 @@ import type { Logger } from 'pino';
 import type { Dispatcher } from 'undici';
 import { logAccess, type AccessLogEntry } from './access-log.js';
 import { grpcCall, writable, type ProxyRequest, type ProxyResponse } from './exchange.js';
-import { PluginRunner, type PluginRequestState, type RateCounter } from './plugins.js';
+import { answer, PluginRunner, type PluginRequestState, type RateCounter } from './plugins.js';
 import { HttpError, replyError, replyErrorOnSocket } from './http-error.js';
 import { counted, drain, readLimited } from './bodies.js';
 import { answerPreflight, corsResponseHeaders } from './cors.js';
@@ -449,9 +449,7 @@ export class ProxyCore {
         if (changed.immediate) {
           if (!read) void drain(up.body);
           const a = changed.immediate;
-          for (const [k, v] of Object.entries(a.headers)) res.setHeader(k, v);
-          res.writeHead(a.status, { 'content-length': a.body.length });
-          res.end(a.body);
+          answer(res, a.status, a.headers, a.body, 'an external processor answered');
           log.status = a.status;
           return;
         }

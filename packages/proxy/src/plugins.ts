@@ -23,7 +23,7 @@ export interface PluginResponseState extends LuaResponseState {
 }
 
 /** The status, headers and body a plugin answered with, instead of the upstream. */
-function answer(res: ProxyResponse | undefined, status: number, headers: Record<string, string | string[]>, body: string | Buffer, why: string): true {
+export function answer(res: ProxyResponse | undefined, status: number, headers: Record<string, string | string[]>, body: string | Buffer, why: string): true {
   // An upgrade request has no response object: the answer goes out as an error reply.
   if (!res) throw new HttpError(status, body.toString(), why, headers);
   for (const [k, v] of Object.entries(headers)) res.setHeader(k, v);
