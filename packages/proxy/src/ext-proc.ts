@@ -57,7 +57,7 @@ function valueOf(h: HeaderValue): string {
  * given, else the old `append` flag (default: replace). An invalid name or value fails the whole
  * message rather than reaching a client or upstream.
  */
-function mutate(m: HeaderMutation | undefined, headers: Headers, plugin: string, allow: (k: string) => boolean = (k) => !protectedHeader(k)): void {
+export function mutate(m: HeaderMutation | undefined, headers: Headers, plugin: string, allow: (k: string) => boolean = (k) => !protectedHeader(k)): void {
   if (!m) return;
   const bad = (what: string) => new HttpError(500, 'a gateway plugin failed', `plugin ${plugin}: the external processor sent ${what}`);
   for (const name of m.removeHeaders) {
