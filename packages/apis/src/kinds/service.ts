@@ -38,7 +38,6 @@ export const Upstream = z
   })
   .check(oneOf(['url', 'loadbalance', 'container', 'user'], 'upstream'));
 
-/** An HTTP field name (RFC 9110 token) and a value without CR, LF or NUL: nothing can split a header. */
 /**
  * An ext_proc server's address: `host:port` or `grpc://host:port` (HTTP/2 without TLS),
  * `grpcs://host:port` (TLS). Returns the gRPC target and whether to use TLS.
@@ -49,6 +48,7 @@ export function grpcAddress(address: string): { target: string; tls: boolean } |
   return { target: `${m[2]}:${m[3]}`, tls: m[1] === 'grpcs' };
 }
 
+/** An HTTP field name (RFC 9110 token) and a value without CR, LF or NUL: nothing can split a header. */
 const headerName = z.string().regex(/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/, 'not an HTTP header name (letters, digits and !#$%&\'*+.^_`|~-)');
 const headerText = z.string().regex(/^[^\r\n\0]*$/, 'a header value cannot hold CR, LF or NUL');
 const HeaderValue = z.strictObject({ key: headerName, value: headerText, append: z.boolean().optional() });
