@@ -181,8 +181,19 @@ export class AuthServer implements AccessTokenVerifier {
   async authenticateWithAuthToken(token: string): Promise<SessionTokens> {
     const claims = this.keys.verify(token, 'auth');
     this.checkExpiry(claims, 'auth token');
+    // A credential or user written a moment ago may not be in this cache yet (another component's
+    // write, or a watch reconnecting after a database outage): on a miss, catch up once and look again.
+    let caughtUp = false;
+    const catchUp = async () => {
+      caughtUp = true;
+      await this.cache.waitFor(await this.store.currentVersion());
+    };
     for (let attempt = 0; ; attempt++) {
       const credential = this.cache.getByUid('Credential', claims.sub);
+      if (!credential && !caughtUp) {
+        await catchUp();
+        continue;
+      }
       if (!credential) throw new PosternError('ERR_TOKEN_INVALID', 'the auth token was revoked (its credential no longer exists)');
       const spec = credential.spec as CredentialSpec;
       const status = (credential.status ?? {}) as { tokenID?: string; totalAuthentications?: number };
@@ -194,6 +205,10 @@ export class AuthServer implements AccessTokenVerifier {
         throw new PosternError('ERR_CREDENTIAL_EXHAUSTED', `the credential was already used ${used} time(s), its maximum`);
       }
       const user = this.cache.get('User', spec.user);
+      if (!user && !caughtUp) {
+        await catchUp();
+        continue;
+      }
       if (!user) throw new PosternError('ERR_TOKEN_INVALID', `the credential's user "${spec.user}" no longer exists`);
       if ((user.spec as { isDisabled?: boolean }).isDisabled) throw new PosternError('ERR_PERMISSION_DENIED', `user "${spec.user}" is disabled`);
       try {
