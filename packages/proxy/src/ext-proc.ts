@@ -11,6 +11,7 @@ import {
   type ProcessingRequest,
   type ProcessingResponse,
 } from './gen/envoy/service/ext_proc/v3/external_processor.js';
+import { pluginCannotChange } from './headers.js';
 import { HttpError } from './http-error.js';
 
 /** A Service's `extProc` plugin settings (REFERENCE.md: `extProc{address, …}`). */
@@ -41,13 +42,6 @@ export interface ExtProcAnswer {
 /** A header name, or a pseudo-header (`:path`, `:status`). */
 const token = /^:?[!#$%&'*+.^_`|~0-9A-Za-z-]+$/;
 const fieldValue = /^[\t\x20-\x7e\x80-\xff]*$/;
-/**
- * Headers a processor may not set or remove: pseudo-headers and Host (the path and target were
- * checked by policy), framing (Postern sets it from the body), and the gateway's own identity
- * headers, which the upstream trusts.
- */
-const protectedHeader = (k: string) => k.startsWith(':') || k === 'host' || k === 'content-length' || k === 'transfer-encoding' || k.startsWith('x-postern-');
-
 function valueOf(h: HeaderValue): string {
   return h.rawValue.length ? Buffer.from(h.rawValue).toString('latin1') : h.value;
 }
@@ -57,7 +51,7 @@ function valueOf(h: HeaderValue): string {
  * given, else the old `append` flag (default: replace). An invalid name or value fails the whole
  * message rather than reaching a client or upstream.
  */
-export function mutate(m: HeaderMutation | undefined, headers: Headers, plugin: string, allow: (k: string) => boolean = (k) => !protectedHeader(k)): void {
+export function mutate(m: HeaderMutation | undefined, headers: Headers, plugin: string, allow: (k: string) => boolean = (k) => !pluginCannotChange(k)): void {
   if (!m) return;
   const bad = (what: string) => new HttpError(500, 'a gateway plugin failed', `plugin ${plugin}: the external processor sent ${what}`);
   for (const name of m.removeHeaders) {
@@ -239,7 +233,7 @@ export class ExtProcExchange {
     const now = this.immediate(h);
     if (now) return now;
     const withStatus: Headers = { ':status': String(status) };
-    const allowResponse = (k: string) => k === ':status' || !protectedHeader(k);
+    const allowResponse = (k: string) => k === ':status' || !pluginCannotChange(k);
     Object.assign(out, this.common(h.responseHeaders!.response, Object.assign(headers, withStatus), allowResponse));
     const changed = Number(headers[':status']);
     delete headers[':status'];

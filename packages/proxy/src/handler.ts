@@ -12,7 +12,7 @@ import { answer, PluginRunner, type PluginRequestState, type RateCounter } from 
 import { HttpError, replyError, replyErrorOnSocket } from './http-error.js';
 import { counted, drain, readLimited } from './bodies.js';
 import { answerPreflight, corsResponseHeaders } from './cors.js';
-import { connectionHeaders, flatHeaders, framingProblem, upstreamHeaders } from './headers.js';
+import { connectionHeaders, flatHeaders, framingProblem, pluginCannotChange, upstreamHeaders } from './headers.js';
 import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
 import { normalizeTarget } from './normalize.js';
 import { compileService, rewritePath, type CompiledService, type Route } from './routes.js';
@@ -43,9 +43,6 @@ export interface ProxyCoreOptions {
 /** Where a request came in: a Service's own listener (tunnel side) or the public HTTPS listener. */
 export type Entry = { kind: 'service'; service: string } | { kind: 'public' };
 
-
-/** Headers PRE_AUTH plugins cannot change: the request's framing and target. */
-const fixedHeader = (k: string) => k.startsWith(':') || k === 'host' || k === 'content-length' || k === 'transfer-encoding' || k === 'connection';
 
 /** Policies whose rules read the body: the request must then be buffered before deciding. */
 const readsBody = new WeakMap<object, boolean>();
@@ -290,9 +287,9 @@ export class ProxyCore {
           throw err;
         }
         // What PRE_AUTH plugins changed is the request from here on: the policy decides on it
-        // and the upstream receives it. Framing and Host stay the gateway's.
-        for (const k of Object.keys(req.headers)) if (!(k in pluginState.requestHeaders) && !fixedHeader(k)) delete req.headers[k];
-        for (const [k, v] of Object.entries(pluginState.requestHeaders)) if (!fixedHeader(k)) req.headers[k] = v;
+        // and the upstream receives it. Host, framing and identity headers stay the gateway's.
+        for (const k of Object.keys(req.headers)) if (!(k in pluginState.requestHeaders) && !pluginCannotChange(k)) delete req.headers[k];
+        for (const [k, v] of Object.entries(pluginState.requestHeaders)) if (!pluginCannotChange(k)) req.headers[k] = v;
         body = pluginState.body;
         (ctx.request as Record<string, unknown>).http = http();
       }

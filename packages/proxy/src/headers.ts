@@ -6,6 +6,15 @@ import type { Route } from './routes.js';
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). */
 const hopByHop = new Set(['connection', 'keep-alive', 'proxy-authenticate', 'proxy-authorization', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'http2-settings']);
 
+/**
+ * Headers no plugin may set or remove (an ext_proc mutation, a PRE_AUTH change written back to the
+ * request): pseudo-headers and Host (the target policy checked), framing and other hop-by-hop
+ * headers (the gateway sets them from the body it sends), and its `x-postern-*` identity headers.
+ */
+export function pluginCannotChange(name: string): boolean {
+  return name.startsWith(':') || name === 'host' || name === 'content-length' || hopByHop.has(name) || name.startsWith('x-postern-');
+}
+
 /** Hop-by-hop headers plus any the Connection header names. */
 export function connectionHeaders(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): ReadonlySet<string> {
   const c = headers.connection;
