@@ -1,5 +1,37 @@
 import { hostname } from 'node:os';
-import { pino, type Logger } from 'pino';
+import { pino, type DestinationStream, type Logger } from 'pino';
+
+/**
+ * Lines gathered over one turn of the event loop and handed to the file writer as one string.
+ *
+ * Why: sonic-boom (pino's writer) measures the UTF-8 length of the text it is appending to on
+ * every write, so at a line per proxied request a busy second costs a scan of kilobytes per
+ * line: measured at ~9% of the proxy's CPU. Handing it one string per turn makes that a scan
+ * per batch. Lines keep their order; they reach the writer within the same turn.
+ */
+class BatchedLines implements DestinationStream {
+  private parts: string[] = [];
+  private scheduled = false;
+  private readonly flushSoon = () => this.flush();
+
+  constructor(private readonly to: DestinationStream) {}
+
+  write(line: string): void {
+    this.parts.push(line);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.flushSoon);
+    }
+  }
+
+  flush(): void {
+    this.scheduled = false;
+    if (!this.parts.length) return;
+    const text = this.parts.length === 1 ? this.parts[0]! : this.parts.join('');
+    this.parts = [];
+    this.to.write(text);
+  }
+}
 
 /**
  * posternd's logger: JSON lines on stderr, buffered and asynchronous (the proxy logs a line per
@@ -9,18 +41,26 @@ import { pino, type Logger } from 'pino';
  */
 export function posterndLogger(bindings: Record<string, unknown> = {}): { logger: Logger; flush: () => void } {
   const destination = pino.destination({ dest: 2, sync: false, minLength: 4096 });
+  const lines = new BatchedLines(destination);
   const logger = pino(
     { name: 'posternd', level: process.env.POSTERN_LOG_LEVEL ?? 'info', base: { pid: process.pid, hostname: hostname(), ...bindings }, redact: { paths: ['token', 'accessToken', 'refreshToken', 'authorization', 'headers.authorization', 'err.config.headers'], censor: '[redacted]' } },
-    destination,
+    lines,
   );
   // Buffered lines reach the log within a second even when traffic is light (`tail -f` works).
   const timer = setInterval(() => {
     try {
+      lines.flush();
       destination.flush();
     } catch {
       // not open yet, or closing: the next tick or flushSync at exit writes it
     }
   }, 1000);
   timer.unref();
-  return { logger, flush: () => destination.flushSync() };
+  return {
+    logger,
+    flush: () => {
+      lines.flush();
+      destination.flushSync();
+    },
+  };
 }
