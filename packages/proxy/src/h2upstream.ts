@@ -33,12 +33,12 @@ export class H2Upstreams {
     return this.session(origin, insecureSkipVerify, trustedCAs).request(headers);
   }
 
-  /** The response headers of a stream; rejects on error, or after `timeoutMs` (code UND_ERR_HEADERS_TIMEOUT). */
+  /** The response headers of a stream; rejects on error, or after `timeoutMs` (code ERR_UPSTREAM_HEADERS_TIMEOUT). */
   static response(stream: ClientHttp2Stream, timeoutMs: number): Promise<IncomingHttpHeaders> {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         stream.close(constants.NGHTTP2_CANCEL);
-        reject(Object.assign(new Error('upstream response headers timed out'), { code: 'UND_ERR_HEADERS_TIMEOUT' }));
+        reject(Object.assign(new Error('upstream response headers timed out'), { code: 'ERR_UPSTREAM_HEADERS_TIMEOUT' }));
       }, timeoutMs);
       stream.once('response', (h) => {
         clearTimeout(timer);

@@ -1,11 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import type { Duplex, Readable } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { isPosternError, type AnyResource } from '@postern/apis';
 import type { AccessTokenVerifier } from '@postern/authserver';
 import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
 import type { ResourceCache } from '@postern/store';
 import type { Logger } from 'pino';
-import type { Dispatcher } from 'undici';
 import { logAccess, type AccessLogEntry } from './access-log.js';
 import { grpcCall, writable, type ProxyRequest, type ProxyResponse } from './exchange.js';
 import { answer, PluginRunner, type PluginRequestState, type RateCounter } from './plugins.js';
@@ -19,7 +18,7 @@ import { compileService, rewritePath, type CompiledService, type Route } from '.
 import { Balancer, UpstreamPools } from './upstream.js';
 import { H2Upstreams } from './h2upstream.js';
 import { UpstreamAuth, UpstreamAuthError } from './upstream-auth.js';
-import { callUpstream, type UpstreamAnswer } from './upstream-call.js';
+import type { UpstreamAnswer } from './upstream-call.js';
 
 /** Kinds the proxy reads from its cache. */
 export const proxyCacheKinds = ['Service', 'Namespace', 'User', 'Group', 'Session', 'Device', 'Policy', 'ClusterConfig', 'Secret'] as const;
@@ -404,18 +403,12 @@ export class ProxyCore {
         try {
           up = route.upstreamHttp2
             ? await this.h2.forward(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route, this.upstreamTimeoutMs)
-            : await callUpstream(this.pools.get(base.origin, route), {
-                method: (req.method ?? 'GET') as Dispatcher.HttpMethod,
-                path: upstreamPath,
-                headers,
-                // undici takes async iterables as bodies; its types lag behind.
-                body: upstreamBody as unknown as Readable | Buffer | null,
-              });
+            : await this.pools.h1(base.origin, route).request({ method: req.method ?? 'GET', path: upstreamPath, headers, body: upstreamBody });
           this.balancer(svc, route).markHealthy(endpoint);
         } catch (err) {
           const code = (err as { code?: string }).code ?? '';
           // A timeout is not retried: the upstream may be working on the request.
-          if (code === 'UND_ERR_HEADERS_TIMEOUT' || code === 'UND_ERR_CONNECT_TIMEOUT') throw new HttpError(504, 'the upstream did not answer in time', code);
+          if (code === 'ERR_UPSTREAM_HEADERS_TIMEOUT' || code === 'ERR_UPSTREAM_CONNECT_TIMEOUT') throw new HttpError(504, 'the upstream did not answer in time', code);
           this.balancer(svc, route).markFailed(endpoint);
           if (!last) continue;
           throw new HttpError(502, 'the upstream could not be reached', `${code} ${(err as Error).message}${attempt ? ` (after ${attempt} retries)` : ''}`);

@@ -1,12 +1,4 @@
-/**
- * One request to an upstream over undici's dispatch interface (its handler callbacks: the Pool of
- * undici 7 still requires them). undici's `request()` wraps every
- * response body in a Readable stream and its async iterator; at tens of thousands of requests a
- * second that machinery costs more than the rest of the proxy's work, so the body arrives here
- * in a small queue instead, with the same backpressure (the upstream socket pauses while the
- * queue is full) and the same error codes.
- */
-import type { Dispatcher } from 'undici';
+/** What an upstream answered, as the proxy's handler reads it (HTTP/1.1 and HTTP/2 alike). */
 
 export interface UpstreamAnswer {
   statusCode: number;
@@ -25,7 +17,12 @@ export interface UpstreamAnswer {
 /** Bytes held before the upstream socket is paused. */
 const highWaterMark = 64 * 1024;
 
-class BodyQueue implements AsyncIterable<Buffer> {
+/**
+ * A response body as it arrives: a small queue rather than a Readable stream (whose machinery,
+ * at tens of thousands of requests a second, costs more than the rest of the proxy's work), with
+ * the same backpressure — `push` says when the upstream socket should pause until it is read.
+ */
+export class BodyQueue implements AsyncIterable<Buffer> {
   private chunks: Buffer[] = [];
   private size = 0;
   private done = false;
@@ -53,6 +50,7 @@ class BodyQueue implements AsyncIterable<Buffer> {
   }
 
   fail(err: Error): void {
+    if (this.done) return;
     this.error = err;
     this.done = true;
     this.wake?.();
@@ -93,47 +91,4 @@ class BodyQueue implements AsyncIterable<Buffer> {
       if (!finished && !this.done) this.abort(new Error('the response body was not read to its end'));
     }
   }
-}
-
-/** Sends one request; resolves at the response headers, rejects if none arrive. */
-export function callUpstream(dispatcher: Dispatcher, opts: Dispatcher.DispatchOptions): Promise<UpstreamAnswer> {
-  return new Promise((resolve, reject) => {
-    let queue: BodyQueue | undefined;
-    let abort: (err: Error) => void = () => {};
-    dispatcher.dispatch(opts, {
-      onConnect(abortRequest) {
-        abort = abortRequest;
-      },
-      onHeaders(statusCode, rawHeaders, resume) {
-        if (statusCode < 200) return true; // 1xx: informational, the final answer follows
-        queue = new BodyQueue(resume, abort);
-        const body = queue;
-        resolve({ statusCode, headers: parseRawHeaders(rawHeaders), body, whole: () => body.whole() });
-        return true;
-      },
-      onData(chunk) {
-        return queue ? queue.push(chunk) : true;
-      },
-      onComplete() {
-        queue?.end();
-      },
-      onError(err) {
-        if (queue) queue.fail(err);
-        else reject(err);
-      },
-    });
-  });
-}
-
-/** Raw header pairs to lower-case names; a repeated header becomes an array, in order. */
-function parseRawHeaders(raw: Buffer[] | string[] | null): UpstreamAnswer['headers'] {
-  const out: UpstreamAnswer['headers'] = {};
-  if (!raw) return out;
-  for (let i = 0; i < raw.length; i += 2) {
-    const name = raw[i]!.toString().toLowerCase();
-    const value = raw[i + 1]!.toString('latin1');
-    const have = out[name];
-    out[name] = have === undefined ? value : Array.isArray(have) ? [...have, value] : [have, value];
-  }
-  return out;
 }

@@ -1,17 +1,24 @@
 import { createHash } from 'node:crypto';
 import { rootCertificates } from 'node:tls';
 import { Agent, Pool } from 'undici';
+import { H1Pool } from './h1/client.js';
 import type { Endpoint, Route } from './routes.js';
 
 /** How long an endpoint that failed is skipped (passive health). */
 export const ejectMs = 10_000;
 
+type TlsSettings = Pick<Route, 'insecureSkipVerify' | 'trustedCAs'>;
+
 /**
- * Keep-alive connection pools to upstream origins (undici), shared by every Service that points
- * at the same origin with the same TLS and protocol settings.
+ * Keep-alive connection pools to upstream origins, shared by every Service that points at the
+ * same origin with the same TLS settings: the proxy's own HTTP/1.1 client (`h1/client.ts`) for
+ * requests, undici's for WebSocket and other upgrades.
  */
 export class UpstreamPools {
   private readonly pools = new Map<string, Pool>();
+  private readonly h1Pools = new Map<string, H1Pool>();
+  /** The HTTP/1.1 pools a route has used, by origin: the request path skips building the key. */
+  private readonly h1ByRoute = new WeakMap<object, Map<string, H1Pool>>();
 
   constructor(private readonly opts: { connections?: number; headersTimeoutMs?: number; bodyTimeoutMs?: number; connectTimeoutMs?: number } = {}) {}
 
@@ -28,9 +35,32 @@ export class UpstreamPools {
     return pool;
   }
 
+  /** The HTTP/1.1 pool for requests to `origin` (http: or https:). */
+  h1(origin: string, route: TlsSettings): H1Pool {
+    let mine = this.h1ByRoute.get(route);
+    const known = mine?.get(origin);
+    if (known && !known.closed) return known;
+    const key = `${origin}|${tlsKey(route)}`;
+    let pool = this.h1Pools.get(key);
+    if (!pool || pool.closed) {
+      pool = new H1Pool(origin, {
+        connections: this.opts.connections ?? 256,
+        keepAliveTimeoutMs: 30_000,
+        headersTimeoutMs: this.opts.headersTimeoutMs ?? 60_000,
+        bodyTimeoutMs: this.opts.bodyTimeoutMs ?? 300_000,
+        connectTimeoutMs: this.opts.connectTimeoutMs ?? 10_000,
+        // Trusted CAs add to the system's, they do not replace them.
+        tls: { rejectUnauthorized: !route.insecureSkipVerify, ...(route.trustedCAs.length ? { ca: [...rootCertificates, ...route.trustedCAs] } : {}) },
+      });
+      this.h1Pools.set(key, pool);
+    }
+    if (!mine) this.h1ByRoute.set(route, (mine = new Map()));
+    mine.set(origin, pool);
+    return pool;
+  }
+
   private lookup(origin: string, route: Pick<Route, 'upstreamHttp2' | 'insecureSkipVerify' | 'trustedCAs'>): Pool {
-    const cas = route.trustedCAs.length ? createHash('sha256').update(route.trustedCAs.join('\n')).digest('hex').slice(0, 16) : 'system';
-    const key = `${origin}|${route.upstreamHttp2 ? 'h2' : 'h1'}|${route.insecureSkipVerify ? 'insecure' : 'verify'}|${cas}`;
+    const key = `${origin}|${route.upstreamHttp2 ? 'h2' : 'h1'}|${tlsKey(route)}`;
     let pool = this.pools.get(key);
     if (!pool) {
       pool = new Pool(origin, {
@@ -50,9 +80,16 @@ export class UpstreamPools {
   }
 
   async close(): Promise<void> {
-    await Promise.all([...this.pools.values()].map((p) => p.close().catch(() => p.destroy())));
+    await Promise.all([...[...this.pools.values()].map((p) => p.close().catch(() => p.destroy())), ...[...this.h1Pools.values()].map((p) => p.close())]);
     this.pools.clear();
+    this.h1Pools.clear();
   }
+}
+
+/** How a route verifies an upstream's certificate, as part of a pool's key. */
+function tlsKey(route: TlsSettings): string {
+  const cas = route.trustedCAs.length ? createHash('sha256').update(route.trustedCAs.join('\n')).digest('hex').slice(0, 16) : 'system';
+  return `${route.insecureSkipVerify ? 'insecure' : 'verify'}|${cas}`;
 }
 
 /** Round robin over a route's endpoints, skipping for a while those that just failed. */
