@@ -5,7 +5,7 @@ import type { AccessTokenVerifier } from '@postern/authserver';
 import { decide, describeDecision, evaluateCondition, gatherPolicies, httpRequest, preCheck, type Decision, type PolicySource } from '@postern/policy';
 import type { ResourceCache } from '@postern/store';
 import type { Logger } from 'pino';
-import { logAccess, type AccessLogEntry } from './access-log.js';
+import { AccessLog, type AccessLogEntry } from './access-log.js';
 import { grpcCall, writable, type ProxyRequest, type ProxyResponse } from './exchange.js';
 import { answer, PluginRunner, type PluginRequestState, type RateCounter } from './plugins.js';
 import { HttpError, replyError, replyErrorOnSocket } from './http-error.js';
@@ -70,6 +70,7 @@ export class ProxyCore {
   private readonly upstreamAuth: UpstreamAuth;
   private readonly now: () => Date;
   private readonly log: Logger;
+  private readonly access: AccessLog;
   private readonly unsubscribe: () => void;
   private readonly plugins: PluginRunner;
   private readonly h2 = new H2Upstreams();
@@ -83,6 +84,7 @@ export class ProxyCore {
   constructor(private readonly opts: ProxyCoreOptions) {
     this.now = opts.now ?? (() => new Date());
     this.log = opts.logger;
+    this.access = new AccessLog(opts.logger);
     this.pools = opts.pools ?? new UpstreamPools();
     this.upstreamTimeoutMs = opts.upstreamTimeoutMs ?? 60_000;
     this.plugins = new PluginRunner(this.now, opts.rateCounter);
@@ -487,7 +489,7 @@ export class ProxyCore {
       this.plugins.finish(pluginState);
       log.bytesIn = bytesIn || (log.bytesIn ?? 0);
       log.latencyMs = +(performance.now() - started).toFixed(3);
-      logAccess(this.log, log);
+      this.access.write(log);
     }
   }
 
@@ -550,13 +552,13 @@ export class ProxyCore {
       replyErrorOnSocket(socket, e, rid);
     } finally {
       log.latencyMs = +(performance.now() - started).toFixed(3);
-      logAccess(this.log, log);
+      this.access.write(log);
     }
   }
 
   /** Logs a request the HTTP parser refused before it reached `handle`. */
   logMalformed(rid: string, error: string): void {
-    logAccess(this.log, { rid, method: '', path: '', status: 400, bytesIn: 0, bytesOut: 0, latencyMs: 0, error });
+    this.access.write({ rid, method: '', path: '', status: 400, bytesIn: 0, bytesOut: 0, latencyMs: 0, error });
   }
 
   async close(): Promise<void> {
