@@ -35,7 +35,8 @@ export interface AccessLogEntry {
  */
 export class AccessLog {
   private readonly stream: DestinationStream | undefined;
-  private readonly bindings: Record<string, unknown> = {};
+  /** The logger's bindings as JSON members, each after a comma (pino keeps them so). */
+  private readonly bindings: string = '';
   private readonly level: number;
 
   constructor(private readonly logger: Logger) {
@@ -44,7 +45,8 @@ export class AccessLog {
     this.level = logger.levels.values.info ?? 30;
     if (stream && typeof stream.write === 'function' && !stream[pino.symbols.needsMetadataGsym] && typeof chindings === 'string') {
       try {
-        this.bindings = chindings ? (JSON.parse(`{${chindings.slice(1)}}`) as Record<string, unknown>) : {};
+        JSON.parse(`{${chindings.slice(1)}}`); // what pino keeps is valid JSON members, or this path is not taken
+        this.bindings = chindings;
         this.stream = stream;
       } catch {
         this.stream = undefined;
@@ -56,10 +58,7 @@ export class AccessLog {
     e.type = 'access';
     if (!this.stream) return void this.logger.info(e, 'request');
     if (!this.logger.isLevelEnabled('info')) return;
-    const line: Record<string, unknown> = { level: this.level, time: Date.now() };
-    for (const k in this.bindings) line[k] = this.bindings[k];
-    for (const k in e) line[k] = e[k as keyof AccessLogEntry];
-    line.msg = 'request';
-    this.stream.write(`${JSON.stringify(line)}\n`);
+    // One stringify of the entry (a plain object: V8's fast path); the rest is fixed text.
+    this.stream.write(`{"level":${this.level},"time":${Date.now()}${this.bindings},${JSON.stringify(e).slice(1, -1)},"msg":"request"}\n`);
   }
 }
