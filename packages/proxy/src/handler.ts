@@ -115,14 +115,22 @@ export class ProxyCore {
   /** `inventory.example.com` → inventory.default; `accounts.finance.example.com` → accounts.finance (public Services only). */
   serviceForHost(hostHeader: string | undefined): CompiledService | undefined {
     if (!hostHeader) return undefined;
-    const host = hostHeader.replace(/:\d+$/, '').toLowerCase().replace(/\.$/, '');
-    const suffix = `.${this.opts.domain}`;
-    if (!host.endsWith(suffix)) return undefined;
-    const labels = host.slice(0, -suffix.length).split('.');
-    const full = labels.length === 1 ? `${labels[0]}.default` : labels.length === 2 ? `${labels[0]}.${labels[1]}` : undefined;
+    // Host headers repeat: remember which Service name each one means (bounded).
+    let full = this.hostNames.get(hostHeader);
+    if (full === undefined) {
+      const host = hostHeader.replace(/:\d+$/, '').toLowerCase().replace(/\.$/, '');
+      const suffix = `.${this.opts.domain}`;
+      const labels = host.endsWith(suffix) ? host.slice(0, -suffix.length).split('.') : [];
+      full = labels.length === 1 ? `${labels[0]}.default` : labels.length === 2 ? `${labels[0]}.${labels[1]}` : '';
+      if (this.hostNames.size >= 10_000) this.hostNames.clear();
+      this.hostNames.set(hostHeader, full);
+    }
     const svc = full ? this.services.get(full) : undefined;
     return svc?.spec.isPublic ? svc : undefined;
   }
+
+  /** Host header → the `svc.ns` it names ('' for none), for serviceForHost. */
+  private readonly hostNames = new Map<string, string>();
 
   /** The Device the caller's session runs on, if it names one. */
   private deviceOf(caller: Caller | undefined): AnyResource | undefined {
@@ -377,7 +385,7 @@ export class ProxyCore {
           throw err;
         }
       };
-      await authenticate();
+      if (route.auth) await authenticate();
       const hasBody =
         body !== undefined ? body.length > 0
         : req.httpVersionMajor === 2 ? !(req as unknown as { stream?: { endAfterHeaders?: boolean } }).stream?.endAfterHeaders
@@ -398,7 +406,7 @@ export class ProxyCore {
             upstreamPath = pathOn(base);
             headers.host = base.host;
             log.upstream = base.origin;
-            await authenticate();
+            if (route.auth) await authenticate();
           }
         }
         const last = attempt >= retries;

@@ -118,6 +118,12 @@ export function tokenFromRequest(headers: Record<string, string | string[] | und
     }
   }
   const authz = headers.authorization;
-  const m = typeof authz === 'string' ? authz.match(/^Bearer\s+(\S+)$/i) : null;
+  if (typeof authz !== 'string') return undefined;
+  // The usual form first, without a regular expression over the whole token.
+  if (authz.startsWith('Bearer ')) {
+    const token = authz.slice(7);
+    if (/^\S+$/.test(token)) return token;
+  }
+  const m = authz.match(/^Bearer\s+(\S+)$/i);
   return m?.[1];
 }

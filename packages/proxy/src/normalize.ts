@@ -6,6 +6,8 @@
 export type TargetResult = { ok: true; path: string; query: string } | { ok: false; reason: string };
 
 const unreserved = /[A-Za-z0-9\-._~]/;
+/** What the slow path below would change or refuse; a path with none of it is already normal. */
+const needsWork = /[^\x21-\x7e]|[%\\]|\/\/|\/\.\.?(?:\/|$)/;
 
 /** RFC 3986 §5.2.4, on a path whose `%2e` and `%2f` are already decoded. */
 function removeDotSegments(path: string): string {
@@ -41,6 +43,7 @@ export function normalizeTarget(target: string): TargetResult {
   const q = t.indexOf('?');
   const rawPath = q < 0 ? t : t.slice(0, q);
   const query = q < 0 ? '' : t.slice(q + 1);
+  if (!needsWork.test(rawPath)) return { ok: true, path: rawPath, query };
   let path = '';
   for (let i = 0; i < rawPath.length; i++) {
     const c = rawPath[i]!;

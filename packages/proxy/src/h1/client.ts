@@ -13,7 +13,7 @@
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { BodyQueue, type UpstreamAnswer } from '../upstream-call.js';
-import { ChunkedDecoder } from './parse.js';
+import { ChunkedDecoder, fieldKey } from './parse.js';
 
 export interface H1PoolOptions {
   /** Most connections open to the origin at once; requests beyond wait for one. */
@@ -84,10 +84,10 @@ export function parseResponseHead(text: string, method: string): ResponseHead {
     const colon = line.indexOf(':');
     if (colon <= 0) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', line[0] === ' ' || line[0] === '\t' ? 'obs-fold continuation line' : 'malformed header line');
     const name = line.slice(0, colon);
-    if (!token.test(name)) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid header name ${JSON.stringify(name.slice(0, 40))}`);
+    const key = fieldKey(name);
+    if (key === undefined) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid header name ${JSON.stringify(name.slice(0, 40))}`);
     const value = line.slice(colon + 1).trim();
     if (badValue.test(value)) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid character in header ${name}`);
-    const key = name.toLowerCase();
     if (key === 'content-length') {
       if (contentLength !== undefined && contentLength !== value) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', 'Content-Length values differ');
       contentLength = value;
@@ -232,13 +232,13 @@ export class H1Pool {
       for (const name in headers) {
         const value = headers[name];
         if (value === undefined) continue;
-        const key = name.toLowerCase();
+        const key = fieldKey(name);
+        if (key === undefined) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid request header name ${JSON.stringify(name.slice(0, 40))}`);
         if (ownHeaders.has(key)) {
           if (key === 'content-length' && typeof value === 'string') declared = value;
           continue;
         }
         if (key === 'host') hasHost = true;
-        if (!token.test(name)) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid request header name ${JSON.stringify(name.slice(0, 40))}`);
         if (typeof value === 'string') {
           if (badValue.test(value)) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid character in request header ${name}`);
           head += `${name}: ${value}\r\n`;

@@ -38,6 +38,19 @@ const badValue = /[^\t\x20-\x7e\x80-\xff]/;
 /** Request targets: visible ASCII only. */
 const badTarget = /[^\x21-\x7e]/;
 
+/** Field names seen, to their lower-case form; bounded, so names a client invents cannot grow it. */
+const knownNames = new Map<string, string>();
+
+/** The lower-case form of a valid field name (a token), undefined for an invalid one. */
+export function fieldKey(name: string): string | undefined {
+  const known = knownNames.get(name);
+  if (known !== undefined) return known;
+  if (!token.test(name)) return undefined;
+  const key = name.toLowerCase();
+  if (knownNames.size < 4096) knownNames.set(name, key);
+  return key;
+}
+
 /** Fields where Node keeps the first of several (the rest are dropped). */
 const firstWins = new Set(['age', 'authorization', 'content-type', 'etag', 'expires', 'from', 'if-modified-since', 'if-unmodified-since', 'last-modified', 'location', 'max-forwards', 'proxy-authorization', 'referer', 'retry-after', 'server', 'user-agent']);
 
@@ -86,11 +99,11 @@ export function parseHead(text: string, maxHeaders = 1000): RequestHead {
     const colon = line.indexOf(':');
     if (colon <= 0) throw new ParseError(400, line[0] === ' ' || line[0] === '\t' ? 'obs-fold continuation line' : 'malformed header line');
     const name = line.slice(0, colon);
-    if (!token.test(name)) throw new ParseError(400, `invalid header name ${JSON.stringify(name.slice(0, 40))}`);
+    const key = fieldKey(name);
+    if (key === undefined) throw new ParseError(400, `invalid header name ${JSON.stringify(name.slice(0, 40))}`);
     const value = line.slice(colon + 1).trim();
     if (badValue.test(value)) throw new ParseError(400, `invalid character in header ${name}`);
     rawHeaders.push(name, value);
-    const key = name.toLowerCase();
     const have = headers[key];
     if (key === 'content-length') {
       contentLengths++;

@@ -12,7 +12,7 @@
 import { EventEmitter } from 'node:events';
 import { STATUS_CODES, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
-import { ChunkedDecoder, ParseError, headEnd, parseHead, type RequestHead } from './parse.js';
+import { ChunkedDecoder, ParseError, fieldKey, headEnd, parseHead, type RequestHead } from './parse.js';
 
 export interface H1Limits {
   /** Largest request head; beyond it, 431. */
@@ -109,12 +109,11 @@ export class H1Request implements AsyncIterable<Buffer> {
   }
 }
 
-const invalidHeaderName = /[^!#$%&'*+\-.^_`|~0-9A-Za-z]/;
 const invalidHeaderValue = /[^\t\x20-\x7e\x80-\xff]/;
 
 function checkHeader(name: string, value: string): void {
   // As Node's setHeader: a header that would split the response is a programming error.
-  if (name === '' || invalidHeaderName.test(name)) throw new TypeError(`invalid response header name ${JSON.stringify(name)}`);
+  if (fieldKey(name) === undefined) throw new TypeError(`invalid response header name ${JSON.stringify(name)}`);
   if (invalidHeaderValue.test(value)) throw new TypeError(`invalid character in response header ${name}`);
 }
 
