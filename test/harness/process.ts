@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, openSync, readFileSync } from 'node:fs';
+import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 
 const repo = join(import.meta.dirname, '../../..');
@@ -42,24 +42,35 @@ export async function spawnPosternd(
   let piped = '';
   // Keep the tail only: a busy proxy logs a line per request.
   proc.stderr?.on('data', (d: Buffer) => (piped = (piped + d.toString()).slice(-65_536)));
+  // The last 64 KiB of the log file, read from its end (a benchmark's log runs to gigabytes).
   const tail = () => {
     if (!opts.logFile) return piped;
-    const text = readFileSync(opts.logFile, 'utf8');
-    return text.slice(-65_536);
+    const fd = openSync(opts.logFile, 'r');
+    try {
+      const size = fstatSync(fd).size;
+      const buf = Buffer.alloc(Math.min(size, 65_536));
+      readSync(fd, buf, 0, buf.length, size - buf.length);
+      return buf.toString('utf8');
+    } finally {
+      closeSync(fd);
+    }
   };
   const banner = await new Promise<string>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`posternd did not start within ${opts.timeoutMs ?? 30_000} ms:\n${tail()}`)), opts.timeoutMs ?? 30_000);
+    const exited = (code: number | null) => {
+      clearTimeout(timer);
+      reject(new Error(`posternd exited with ${code}:\n${tail()}`));
+    };
     proc.stdout!.on('data', (d: Buffer) => {
       stdout += d.toString();
       if (stdout.includes('Stop with Ctrl-C')) {
         clearTimeout(timer);
+        // Once up, an exit is stop()'s business, not a failed start.
+        proc.off('exit', exited);
         resolve(stdout);
       }
     });
-    proc.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`posternd exited with ${code}:\n${tail()}`));
-    });
+    proc.once('exit', exited);
   });
   const address = banner.match(/API\s+(\S+)/)?.[1];
   if (!address) throw new Error(`no API address in banner:\n${banner}`);
