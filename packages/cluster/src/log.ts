@@ -24,12 +24,19 @@ class BatchedLines implements DestinationStream {
     }
   }
 
-  flush(): void {
+  /** Hands over what is gathered; with a callback (pino's `logger.flush(cb)`), also flushes the writer. */
+  flush(cb?: (err?: Error) => void): void {
     this.scheduled = false;
-    if (!this.parts.length) return;
-    const text = this.parts.length === 1 ? this.parts[0]! : this.parts.join('');
-    this.parts = [];
-    this.to.write(text);
+    if (this.parts.length) {
+      const text = this.parts.length === 1 ? this.parts[0]! : this.parts.join('');
+      this.parts = [];
+      this.to.write(text);
+    }
+    if (cb) {
+      const to = this.to as DestinationStream & { flush?: (cb: (err?: Error) => void) => void };
+      if (to.flush) to.flush(cb);
+      else cb();
+    }
   }
 }
 

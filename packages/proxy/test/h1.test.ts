@@ -281,4 +281,9 @@ describe('HTTP/1.1 listener', () => {
     const out = await exchange(port, 'GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n');
     assert.match(out, /^HTTP\/1\.1 101 Switching Protocols[\s\S]*raw bytes now$/);
   });
+
+  it('sends an answer held for the end of the turn before a pipelined upgrade takes the socket', async () => {
+    const out = await exchange(port, 'GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n');
+    assert.match(out, /^HTTP\/1\.1 200 OK[\s\S]*GET \/a\nHTTP\/1\.1 101 Switching Protocols[\s\S]*raw bytes now$/);
+  });
 });

@@ -521,6 +521,8 @@ class Connection {
 
   /** The socket leaves HTTP (an upgrade). */
   private detach(): void {
+    // An earlier pipelined answer still held goes first: the socket is the handler's from here on.
+    this.flush();
     this.phase = 'answering';
     this.deadline = 0;
     this.socket.removeAllListeners('data');
