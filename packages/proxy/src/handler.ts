@@ -20,6 +20,15 @@ import { H2Upstreams } from './h2upstream.js';
 import { UpstreamAuth, UpstreamAuthError } from './upstream-auth.js';
 import type { UpstreamAnswer } from './upstream-call.js';
 
+/**
+ * A request's access-log entry, every field present from the start (unset ones undefined, which
+ * the line leaves out): one object shape for every request keeps its serialisation on V8's fast
+ * path. The order is the line's.
+ */
+function accessEntry(rid: string, req: ProxyRequest): AccessLogEntry {
+  return { type: 'access', rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0, service: undefined, user: undefined, session: undefined, decision: undefined, reason: undefined, config: undefined, upstream: undefined, retries: undefined, error: undefined };
+}
+
 /** Kinds the proxy reads from its cache. */
 export const proxyCacheKinds = ['Service', 'Namespace', 'User', 'Group', 'Session', 'Device', 'Policy', 'ClusterConfig', 'Secret'] as const;
 
@@ -338,7 +347,7 @@ export class ProxyCore {
   async handle(req: ProxyRequest, res: ProxyResponse, entry: Entry): Promise<void> {
     const started = performance.now();
     const rid = randomUUID();
-    const log: AccessLogEntry = { type: 'access', rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0 };
+    const log = accessEntry(rid, req);
     res.setHeader('x-postern-request-id', rid);
     let bytesIn = 0;
     let pluginState: PluginRequestState | undefined;
@@ -516,7 +525,7 @@ export class ProxyCore {
   async upgrade(req: ProxyRequest, socket: Duplex, head: Buffer, entry: Entry): Promise<void> {
     const started = performance.now();
     const rid = randomUUID();
-    const log: AccessLogEntry = { type: 'access', rid, method: req.method ?? '', path: req.url ?? '', status: 0, bytesIn: 0, bytesOut: 0, latencyMs: 0 };
+    const log = accessEntry(rid, req);
     socket.on('error', () => socket.destroy());
     try {
       const admitted = await this.admit(req, entry, log, false);
