@@ -26,37 +26,27 @@ export class UpstreamPools {
   private readonly byRoute = new WeakMap<object, Map<string, Pool>>();
 
   get(origin: string, route: Pick<Route, 'upstreamHttp2' | 'insecureSkipVerify' | 'trustedCAs'>): Pool {
-    let mine = this.byRoute.get(route);
-    const known = mine?.get(origin);
-    if (known && !known.closed && !known.destroyed) return known;
-    const pool = this.lookup(origin, route);
-    if (!mine) this.byRoute.set(route, (mine = new Map()));
-    mine.set(origin, pool);
-    return pool;
+    return remembered(this.byRoute, route, origin, undiciLive, () => this.lookup(origin, route));
   }
 
   /** The HTTP/1.1 pool for requests to `origin` (http: or https:). */
   h1(origin: string, route: TlsSettings): H1Pool {
-    let mine = this.h1ByRoute.get(route);
-    const known = mine?.get(origin);
-    if (known && !known.closed) return known;
-    const key = `${origin}|${tlsKey(route)}`;
-    let pool = this.h1Pools.get(key);
-    if (!pool || pool.closed) {
-      pool = new H1Pool(origin, {
-        connections: this.opts.connections ?? 256,
-        keepAliveTimeoutMs: 30_000,
-        headersTimeoutMs: this.opts.headersTimeoutMs ?? 60_000,
-        bodyTimeoutMs: this.opts.bodyTimeoutMs ?? 300_000,
-        connectTimeoutMs: this.opts.connectTimeoutMs ?? 10_000,
-        // Trusted CAs add to the system's, they do not replace them.
-        tls: { rejectUnauthorized: !route.insecureSkipVerify, ...(route.trustedCAs.length ? { ca: [...rootCertificates, ...route.trustedCAs] } : {}) },
-      });
-      this.h1Pools.set(key, pool);
-    }
-    if (!mine) this.h1ByRoute.set(route, (mine = new Map()));
-    mine.set(origin, pool);
-    return pool;
+    return remembered(this.h1ByRoute, route, origin, h1Live, () => {
+      const key = `${origin}|${tlsKey(route)}`;
+      let pool = this.h1Pools.get(key);
+      if (!pool || pool.closed) {
+        pool = new H1Pool(origin, {
+          connections: this.opts.connections ?? 256,
+          keepAliveTimeoutMs: 30_000,
+          headersTimeoutMs: this.opts.headersTimeoutMs ?? 60_000,
+          bodyTimeoutMs: this.opts.bodyTimeoutMs ?? 300_000,
+          connectTimeoutMs: this.opts.connectTimeoutMs ?? 10_000,
+          tls: tlsOptions(route),
+        });
+        this.h1Pools.set(key, pool);
+      }
+      return pool;
+    });
   }
 
   private lookup(origin: string, route: Pick<Route, 'upstreamHttp2' | 'insecureSkipVerify' | 'trustedCAs'>): Pool {
@@ -71,8 +61,7 @@ export class UpstreamPools {
         bodyTimeout: this.opts.bodyTimeoutMs ?? 300_000,
         connectTimeout: this.opts.connectTimeoutMs ?? 10_000,
         allowH2: route.upstreamHttp2,
-        // Trusted CAs add to the system's, they do not replace them.
-        connect: { rejectUnauthorized: !route.insecureSkipVerify, ...(route.trustedCAs.length ? { ca: [...rootCertificates, ...route.trustedCAs] } : {}) },
+        connect: tlsOptions(route),
       });
       this.pools.set(key, pool);
     }
@@ -84,6 +73,25 @@ export class UpstreamPools {
     this.pools.clear();
     this.h1Pools.clear();
   }
+}
+
+const undiciLive = (p: Pool) => !p.closed && !p.destroyed;
+const h1Live = (p: H1Pool) => !p.closed;
+
+/** The pool a route used for `origin` last, while it is `live`; else `make`'s, remembered for the route. */
+function remembered<P>(byRoute: WeakMap<object, Map<string, P>>, route: object, origin: string, live: (p: P) => boolean, make: () => P): P {
+  let mine = byRoute.get(route);
+  const known = mine?.get(origin);
+  if (known !== undefined && live(known)) return known;
+  const pool = make();
+  if (!mine) byRoute.set(route, (mine = new Map()));
+  mine.set(origin, pool);
+  return pool;
+}
+
+/** How a route verifies an upstream's certificate. Trusted CAs add to the system's, they do not replace them. */
+function tlsOptions(route: TlsSettings): { rejectUnauthorized: boolean; ca?: string[] } {
+  return { rejectUnauthorized: !route.insecureSkipVerify, ...(route.trustedCAs.length ? { ca: [...rootCertificates, ...route.trustedCAs] } : {}) };
 }
 
 /** How a route verifies an upstream's certificate, as part of a pool's key. */

@@ -13,7 +13,8 @@
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
 import { BodyQueue, type UpstreamAnswer } from '../upstream-call.js';
-import { ChunkedDecoder, fieldKey } from './parse.js';
+import { atEndOfTurn } from './end-of-turn.js';
+import { ChunkedDecoder, badValue, fieldKey, fieldLine, namesClose, token } from './parse.js';
 
 export interface H1PoolOptions {
   /** Most connections open to the origin at once; requests beyond wait for one. */
@@ -49,9 +50,6 @@ export class UpstreamError extends Error {
 }
 
 const maxHeadSize = 64 * 1024;
-const token = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** Field values: HTAB, SP, visible ASCII and obs-text; nothing else (no CR, LF, NUL, DEL). */
-const badValue = /[^\t\x20-\x7e\x80-\xff]/;
 /** Framing and connection management are this client's: never copied from the caller's headers. */
 const ownHeaders = new Set(['content-length', 'transfer-encoding', 'connection', 'keep-alive']);
 /** Methods whose request may be sent again when a reused connection turns out to be closed. */
@@ -80,14 +78,9 @@ export function parseResponseHead(text: string, method: string): ResponseHead {
   let contentLength: string | undefined;
   let transferEncoding: string | undefined;
   for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    const colon = line.indexOf(':');
-    if (colon <= 0) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', line[0] === ' ' || line[0] === '\t' ? 'obs-fold continuation line' : 'malformed header line');
-    const name = line.slice(0, colon);
-    const key = fieldKey(name);
-    if (key === undefined) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid header name ${JSON.stringify(name.slice(0, 40))}`);
-    const value = line.slice(colon + 1).trim();
-    if (badValue.test(value)) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', `invalid character in header ${name}`);
+    const field = fieldLine(lines[i]!);
+    if (typeof field === 'string') throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', field);
+    const { key, value } = field;
     if (key === 'content-length') {
       if (contentLength !== undefined && contentLength !== value) throw new UpstreamError('ERR_UPSTREAM_PROTOCOL', 'Content-Length values differ');
       contentLength = value;
@@ -97,7 +90,7 @@ export function parseResponseHead(text: string, method: string): ResponseHead {
     else if (key !== 'content-length') headers[key] = Array.isArray(have) ? [...have, value] : [have, value];
   }
   const connection = typeof headers.connection === 'string' ? headers.connection.toLowerCase() : Array.isArray(headers.connection) ? headers.connection.join(',').toLowerCase() : '';
-  let keepAlive = minor === 1 && !/(^|,)\s*close\s*(,|$)/.test(connection);
+  let keepAlive = minor === 1 && !namesClose.test(connection);
   let framing: ResponseHead['framing'];
   let length = 0;
   if (method === 'HEAD' || status < 200 || status === 204 || status === 304) framing = 'none';
@@ -168,7 +161,6 @@ export class H1Pool {
   private readonly https: boolean;
   private emptied: (() => void) | undefined;
   closed = false;
-  destroyed = false;
 
   constructor(
     origin: string,
@@ -264,8 +256,8 @@ export class H1Pool {
         const out = Buffer.allocUnsafe(head.length + size);
         out.write(head, 0, 'latin1');
         body!.copy(out, head.length);
-        writeSoon(conn.socket, out);
-      } else writeSoon(conn.socket, Buffer.from(head, 'latin1'));
+        writeSoon([conn.socket, out]);
+      } else writeSoon([conn.socket, Buffer.from(head, 'latin1')]);
       ex.sent = true;
       ex.deadline = Date.now() + this.opts.headersTimeoutMs;
       return;
@@ -514,7 +506,6 @@ export class H1Pool {
 
   destroy(): void {
     this.closed = true;
-    this.destroyed = true;
     clearInterval(this.sweep);
     for (const ex of this.waiting.splice(0)) ex.reject(new UpstreamError('ERR_UPSTREAM_POOL_CLOSED', 'the upstream pool is closed'));
     for (const conn of [...this.all]) {
@@ -525,20 +516,10 @@ export class H1Pool {
   }
 }
 
-/**
- * Requests written at the end of this turn of the event loop, together: measured, writing each
- * as it was made woke the upstream once per request and cost both sides more CPU per request.
- */
-let batch: [Socket, Buffer][] = [];
-function writeSoon(socket: Socket, data: Buffer): void {
-  if (batch.length === 0) setImmediate(flushWrites);
-  batch.push([socket, data]);
-}
-function flushWrites(): void {
-  const now = batch;
-  batch = [];
-  for (const [socket, data] of now) if (!socket.destroyed) socket.write(data);
-}
+/** Requests go out at the end of this turn of the event loop, all of the turn's together. */
+const writeSoon = atEndOfTurn<[Socket, Buffer]>(([socket, data]) => {
+  if (!socket.destroyed) socket.write(data);
+});
 
 /** Resolves when the socket can take more, or has closed. */
 function drained(socket: Socket): Promise<void> {

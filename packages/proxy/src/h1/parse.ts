@@ -32,9 +32,12 @@ export interface RequestHead {
   expectContinue: boolean;
 }
 
-const token = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** A method or field name (RFC 9110 §5.6.2). */
+export const token = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 /** Field values: HTAB, SP, visible ASCII and obs-text; nothing else (no CR, LF, NUL, DEL). */
-const badValue = /[^\t\x20-\x7e\x80-\xff]/;
+export const badValue = /[^\t\x20-\x7e\x80-\xff]/;
+/** A Connection field (lower-cased or not) that names `close`. */
+export const namesClose = /(^|,)\s*close\s*(,|$)/i;
 /** Request targets: visible ASCII only. */
 const badTarget = /[^\x21-\x7e]/;
 
@@ -49,6 +52,22 @@ export function fieldKey(name: string): string | undefined {
   const key = name.toLowerCase();
   if (knownNames.size < 4096) knownNames.set(name, key);
   return key;
+}
+
+/**
+ * One header line of a request or a response, checked the same way for both: `name: value`,
+ * the name a token, no whitespace before the colon, no obs-fold, no control characters in the
+ * value. Returns the field, or why it was refused.
+ */
+export function fieldLine(line: string): { name: string; key: string; value: string } | string {
+  const colon = line.indexOf(':');
+  if (colon <= 0) return line[0] === ' ' || line[0] === '\t' ? 'obs-fold continuation line' : 'malformed header line';
+  const name = line.slice(0, colon);
+  const key = fieldKey(name);
+  if (key === undefined) return `invalid header name ${JSON.stringify(name.slice(0, 40))}`;
+  const value = line.slice(colon + 1).trim();
+  if (badValue.test(value)) return `invalid character in header ${name}`;
+  return { name, key, value };
 }
 
 /** Fields where Node keeps the first of several (the rest are dropped). */
@@ -95,14 +114,9 @@ export function parseHead(text: string, maxHeaders = 1000): RequestHead {
   let transferEncoding: string | undefined;
   let hosts = 0;
   for (let i = 1; i < lines.length; i++) {
-    const line = lines[i]!;
-    const colon = line.indexOf(':');
-    if (colon <= 0) throw new ParseError(400, line[0] === ' ' || line[0] === '\t' ? 'obs-fold continuation line' : 'malformed header line');
-    const name = line.slice(0, colon);
-    const key = fieldKey(name);
-    if (key === undefined) throw new ParseError(400, `invalid header name ${JSON.stringify(name.slice(0, 40))}`);
-    const value = line.slice(colon + 1).trim();
-    if (badValue.test(value)) throw new ParseError(400, `invalid character in header ${name}`);
+    const field = fieldLine(lines[i]!);
+    if (typeof field === 'string') throw new ParseError(400, field);
+    const { name, key, value } = field;
     rawHeaders.push(name, value);
     const have = headers[key];
     if (key === 'content-length') {
@@ -132,7 +146,7 @@ export function parseHead(text: string, maxHeaders = 1000): RequestHead {
   }
 
   const connection = typeof headers.connection === 'string' ? headers.connection.toLowerCase() : '';
-  const keepAlive = minor === 1 ? !/(^|,)\s*close\s*(,|$)/.test(connection) : /(^|,)\s*keep-alive\s*(,|$)/.test(connection);
+  const keepAlive = minor === 1 ? !namesClose.test(connection) : /(^|,)\s*keep-alive\s*(,|$)/.test(connection);
   const upgrade = headers.upgrade !== undefined && /(^|,)\s*upgrade\s*(,|$)/.test(connection);
   const expect = headers.expect;
   const expectContinue = minor === 1 && typeof expect === 'string' && expect.toLowerCase() === '100-continue';

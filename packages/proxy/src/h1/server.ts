@@ -12,7 +12,8 @@
 import { EventEmitter } from 'node:events';
 import { STATUS_CODES, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http';
 import { createServer, type Server, type Socket } from 'node:net';
-import { ChunkedDecoder, ParseError, fieldKey, headEnd, parseHead, type RequestHead } from './parse.js';
+import { atEndOfTurn } from './end-of-turn.js';
+import { ChunkedDecoder, ParseError, badValue, fieldKey, headEnd, namesClose, parseHead, type RequestHead } from './parse.js';
 
 export interface H1Limits {
   /** Largest request head; beyond it, 431. */
@@ -109,12 +110,10 @@ export class H1Request implements AsyncIterable<Buffer> {
   }
 }
 
-const invalidHeaderValue = /[^\t\x20-\x7e\x80-\xff]/;
-
 function checkHeader(name: string, value: string): void {
   // As Node's setHeader: a header that would split the response is a programming error.
   if (fieldKey(name) === undefined) throw new TypeError(`invalid response header name ${JSON.stringify(name)}`);
-  if (invalidHeaderValue.test(value)) throw new TypeError(`invalid character in response header ${name}`);
+  if (badValue.test(value)) throw new TypeError(`invalid character in response header ${name}`);
 }
 
 let dateCache = '';
@@ -198,7 +197,7 @@ export class H1Response extends EventEmitter {
     let out = `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Unknown'}\r\n`;
     const length = this.fields.get('content-length');
     const connection = this.fields.get('connection');
-    if (connection && /(^|,)\s*close\s*(,|$)/i.test(String(connection[1]))) this.closeAfter = true;
+    if (connection && namesClose.test(String(connection[1]))) this.closeAfter = true;
     // An unread request body cannot be skipped safely: answer, then close.
     if (!this.req.complete) this.closeAfter = true;
     for (const [key, [name, value]] of this.fields) {
@@ -547,16 +546,8 @@ class Connection {
   }
 }
 
-let held: Connection[] = [];
-function writeSoon(conn: Connection): void {
-  if (held.length === 0) setImmediate(flushHeld);
-  held.push(conn);
-}
-function flushHeld(): void {
-  const now = held;
-  held = [];
-  for (const conn of now) conn.flush();
-}
+/** Held answers go out at the end of this turn of the event loop, every connection's together. */
+const writeSoon = atEndOfTurn<Connection>((conn) => conn.flush());
 
 /** A TCP server speaking HTTP/1.1 to `handlers`. Timeouts are checked once a second. */
 export function createH1Server(handlers: H1Handlers, limits: H1Limits = defaultLimits): Server {
