@@ -43,4 +43,15 @@ export const migrations: readonly { id: number; name: string; sql: string }[] = 
       );
     `,
   },
+  {
+    id: 3,
+    name: 'address allocation cursor',
+    // Where each pool's next-fit search starts. Deriving it from the highest address in use (as
+    // before) handed a freed top address straight back out; the cursor remembers it was given.
+    sql: `
+      CREATE TABLE postern_address_cursors (pool text PRIMARY KEY, last_offset int NOT NULL);
+      INSERT INTO postern_address_cursors (pool, last_offset)
+        SELECT pool, max(address_offset) FROM postern_addresses WHERE owner NOT LIKE '(reserved:%' GROUP BY pool;
+    `,
+  },
 ];

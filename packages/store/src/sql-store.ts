@@ -351,52 +351,60 @@ export class SqlStore implements ResourceStore {
             [pool, [...range.reserved]],
           );
         }
-        // Next fit: the first free offset after the highest one in use (an index lookup from the
-        // top, so allocating stays cheap however many are taken), and an address given back is
-        // not handed to someone else until the range has wrapped — a late packet or cached DNS
-        // answer for it cannot reach a new owner. Once the top is reached, the lowest free gap.
-        // Two allocators may pick the same offset: the primary key lets one win, the other finds
-        // nothing inserted and tries again.
-        const [top] = await this.driver.query<{ s: number }>(
-          `SELECT COALESCE((SELECT address_offset + 1 FROM postern_addresses
-                             WHERE pool = $1 AND address_offset BETWEEN $2 AND $3 AND owner NOT LIKE '(reserved:%'
-                             ORDER BY address_offset DESC LIMIT 1), $2::int) AS s`,
-          [pool, range.first, range.last],
-        );
-        const start = Number(top!.s);
-        if (start <= range.last) {
-          // Above the highest address in use only reserved offsets can be taken: skip them.
-          const [next] = await this.driver.query<{ o: number }>(
-            `INSERT INTO postern_addresses (pool, address_offset, owner)
-             SELECT $1, c, $2 FROM generate_series($3::int, LEAST($4::int, $3::int + 63)) c
-              WHERE NOT EXISTS (SELECT 1 FROM postern_addresses WHERE pool = $1 AND address_offset = c)
-              ORDER BY c LIMIT 1
-             ON CONFLICT DO NOTHING RETURNING address_offset AS o`,
-            [pool, owner, start, range.last],
+        // Next fit: the lowest free offset after the last one handed out (the pool's cursor), so
+        // an address given back is not handed to someone else until the range has wrapped — a
+        // late packet or cached DNS answer for it cannot reach a new owner. Past the end of the
+        // range, the lowest free offset from its start. Two allocators may pick the same offset:
+        // the primary key lets one win, the other finds nothing inserted and tries again.
+        const [cursor] = await this.driver.query<{ o: number }>('SELECT last_offset AS o FROM postern_address_cursors WHERE pool = $1', [pool]);
+        const after = cursor ? Number(cursor.o) + 1 : range.first;
+        const from = after >= range.first && after <= range.last ? after : range.first;
+        let got = await this.claimLowestFree(pool, owner, from, range.last);
+        const wrapped = got === 'none' && from > range.first;
+        if (wrapped) got = await this.claimLowestFree(pool, owner, range.first, range.last);
+        if (got === 'lost') continue;
+        if (got !== 'none') {
+          // Concurrent allocators may finish out of order: the cursor only moves forward, except
+          // when this allocation wrapped around.
+          await this.driver.query(
+            `INSERT INTO postern_address_cursors (pool, last_offset) VALUES ($1, $2)
+             ON CONFLICT (pool) DO UPDATE SET last_offset = CASE WHEN $3::boolean THEN EXCLUDED.last_offset
+                                                                  ELSE GREATEST(postern_address_cursors.last_offset, EXCLUDED.last_offset) END`,
+            [pool, got, wrapped],
           );
-          if (next) return Number(next.o);
-          continue;
+          return got;
         }
-        // Wrapped: the lowest free offset — the first one, or the one after an allocated offset
-        // whose successor is free (index lookups over the allocated rows, not a scan of the range).
-        const [row] = await this.driver.query<{ o: number }>(
-          `INSERT INTO postern_addresses (pool, address_offset, owner)
-             SELECT $1, c, $2 FROM (
-               SELECT $3::int AS c WHERE NOT EXISTS (SELECT 1 FROM postern_addresses WHERE pool = $1 AND address_offset = $3)
-               UNION ALL
-               SELECT a.address_offset + 1 FROM postern_addresses a
-                WHERE a.pool = $1 AND a.address_offset >= $3 AND a.address_offset < $4
-                  AND NOT EXISTS (SELECT 1 FROM postern_addresses b WHERE b.pool = $1 AND b.address_offset = a.address_offset + 1)
-             ) free WHERE c BETWEEN $3 AND $4 ORDER BY c LIMIT 1
-           ON CONFLICT DO NOTHING RETURNING address_offset AS o`,
-          [pool, owner, range.first, range.last],
-        );
-        if (row) return Number(row.o);
         const [used] = await this.driver.query<{ n: number }>('SELECT count(*)::int AS n FROM postern_addresses WHERE pool = $1 AND address_offset BETWEEN $2 AND $3', [pool, range.first, range.last]);
         if (Number(used?.n) >= range.last - range.first + 1) throw new PosternError('ERR_IN_USE', `the ${pool} address pool is full`);
       }
       throw new PosternError('ERR_CONFLICT', `could not allocate a ${pool} address after 20 attempts; retry`);
     });
+  }
+
+  /**
+   * Tries to take the lowest free offset in [first, last] for owner: `first` itself, or the one
+   * after an allocated offset whose successor is free (index lookups over the allocated rows, not a
+   * scan of the range). 'none' when the span is full; 'lost' when a concurrent allocator took it.
+   */
+  private async claimLowestFree(pool: string, owner: string, first: number, last: number): Promise<number | 'none' | 'lost'> {
+    const [row] = await this.driver.query<{ c: number | null; o: number | null }>(
+      `WITH free AS (
+         SELECT c FROM (
+           SELECT $3::int AS c WHERE NOT EXISTS (SELECT 1 FROM postern_addresses WHERE pool = $1 AND address_offset = $3)
+           UNION ALL
+           SELECT a.address_offset + 1 FROM postern_addresses a
+            WHERE a.pool = $1 AND a.address_offset >= $3 AND a.address_offset < $4
+              AND NOT EXISTS (SELECT 1 FROM postern_addresses b WHERE b.pool = $1 AND b.address_offset = a.address_offset + 1)
+         ) gaps WHERE c BETWEEN $3 AND $4 ORDER BY c LIMIT 1
+       ), taken AS (
+         INSERT INTO postern_addresses (pool, address_offset, owner) SELECT $1, c, $2 FROM free
+         ON CONFLICT DO NOTHING RETURNING address_offset
+       )
+       SELECT (SELECT c FROM free) AS c, (SELECT address_offset FROM taken) AS o`,
+      [pool, owner, first, last],
+    );
+    if (row?.o != null) return Number(row.o);
+    return row?.c == null ? 'none' : 'lost';
   }
 
   async releaseAddresses(owner: string): Promise<void> {
