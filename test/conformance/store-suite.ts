@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 import { describe, it, before, after } from 'node:test';
 import { isPosternError, type AnyResource } from '@postern/apis';
-import type { ResourceStore, WatchEvent } from '@postern/store';
+import type { ResourceStore, SqlStore, WatchEvent } from '@postern/store';
 
 /** What each driver's test file hands the shared suite. */
 export interface StoreUnderTest {
@@ -177,6 +178,23 @@ export function storeConformance(name: string, make: () => Promise<StoreUnderTes
       }
       const events = await c.finished;
       assert.deepEqual(events.map((e) => e.resource.metadata.name), ['r-before', 'r-after-1', 'r-after-2']);
+    });
+
+    it('catches up within about a second on a change whose notification never came', async () => {
+      // As when another replica's NOTIFY is lost: the change is written straight into the tables.
+      const from = await store.currentVersion();
+      const c = collect(store, from, 1, 10_000, ['Region']);
+      await new Promise((r) => setTimeout(r, 100)); // the watch is idle, waiting to be woken
+      const started = Date.now();
+      await (store as SqlStore).driver.transaction(async (tx) => {
+        const [row] = await tx.query<{ v: string }>('UPDATE postern_version SET version = version + 1 WHERE id = 1 RETURNING version::text AS v');
+        const body = { kind: 'Region', metadata: { name: 'r-silent', uid: randomUUID(), resourceVersion: row!.v }, spec: {} };
+        await tx.query('INSERT INTO postern_resources (kind, name, uid, version, body) VALUES ($1, $2, $3, $4, $5::jsonb)', ['Region', 'r-silent', body.metadata.uid, row!.v, JSON.stringify(body)]);
+        await tx.query('INSERT INTO postern_changes (version, kind, name, type, body) VALUES ($1, $2, $3, $4, $5::jsonb)', [row!.v, 'Region', 'r-silent', 'ADDED', JSON.stringify(body)]);
+      });
+      const events = await c.finished;
+      assert.deepEqual(events.map((e) => e.resource.metadata.name), ['r-silent']);
+      assert.ok(Date.now() - started < 2500, `seen after ${Date.now() - started} ms`);
     });
 
     it('resumes from the last seen version after a restart, losing and repeating nothing', async () => {

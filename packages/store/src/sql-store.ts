@@ -49,7 +49,9 @@ function withVersion(r: AnyResource, version: string): AnyResource {
 
 /** The one ResourceStore implementation, over any SqlDriver (pg or PGlite). */
 export class SqlStore implements ResourceStore {
-  private readonly wakers = new Set<() => void>();
+  /** One per open watch: wakes it, and says whether it has yet to see `version`. */
+  private readonly wakers = new Set<{ wake: () => void; behind: (version: bigint) => boolean }>();
+  private polling = false;
   private unlisten: (() => Promise<void>) | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private closed = false;
@@ -69,7 +71,7 @@ export class SqlStore implements ResourceStore {
         if (healthy) store.wakeAll();
       },
     );
-    store.ticker = setInterval(() => store.wakeAll(), pollIntervalMs);
+    store.ticker = setInterval(() => void store.wakeBehind(), pollIntervalMs);
     store.ticker.unref();
     return store;
   }
@@ -88,7 +90,26 @@ export class SqlStore implements ResourceStore {
   }
 
   private wakeAll(): void {
-    for (const w of this.wakers) w();
+    for (const w of this.wakers) w.wake();
+  }
+
+  /**
+   * The safety net behind NOTIFY, once a second: one small query for the current version, and
+   * only the watches behind it are woken. (Waking every watch to query the change log cost the
+   * embedded database, which runs on the event loop, 4–8 ms every second.)
+   */
+  private async wakeBehind(): Promise<void> {
+    if (this.polling || this.wakers.size === 0) return;
+    this.polling = true;
+    try {
+      const version = BigInt(await this.currentVersion());
+      for (const w of this.wakers) if (w.behind(version)) w.wake();
+    } catch {
+      // Each watch finds out for itself and reports the database's health.
+      this.wakeAll();
+    } finally {
+      this.polling = false;
+    }
   }
 
   private async run<T>(fn: () => Promise<T>): Promise<T> {
@@ -252,9 +273,12 @@ export class SqlStore implements ResourceStore {
     let wake: (() => void) | undefined;
     let pending = false;
     const waiters: { version: bigint; resolve: () => void }[] = [];
-    const waker = () => {
-      pending = true;
-      wake?.();
+    const waker = {
+      wake: () => {
+        pending = true;
+        wake?.();
+      },
+      behind: (version: bigint) => cursor === undefined || cursor < version,
     };
     this.wakers.add(waker);
     let healthy = true;
@@ -333,7 +357,7 @@ export class SqlStore implements ResourceStore {
         if (cursor !== undefined && cursor >= v) return Promise.resolve();
         return new Promise<void>((resolve) => {
           waiters.push({ version: v, resolve });
-          waker();
+          waker.wake();
         });
       },
     };

@@ -459,11 +459,11 @@ class Connection {
   write(data: Buffer, soon = false): boolean {
     if (this.socket.destroyed || this.socket.writableEnded) return false;
     if (soon) {
-      if (!this.pending) {
-        this.pending = [];
+      if (this.pending) this.pending.push(data);
+      else {
+        this.pending = [data];
         writeSoon(this);
       }
-      this.pending.push(data);
       return true;
     }
     this.flush();
