@@ -38,8 +38,11 @@ export function grpcCall(contentType: string | string[] | undefined, path: strin
   return m ? { service: m[1]!, method: m[2]! } : undefined;
 }
 
-/** Resolves when `res` can take more, or has closed (a client gone mid-body must not leave us waiting). */
-export function writable(res: ProxyResponse): Promise<void> {
+/**
+ * Resolves when `res` (an answer to the client, or a socket to the upstream) can take more, or
+ * has closed (a peer gone mid-body must not leave us waiting).
+ */
+export function writable(res: Pick<ProxyResponse, 'destroyed' | 'once' | 'off'>): Promise<void> {
   if (res.destroyed) return Promise.resolve();
   return new Promise((resolve) => {
     const done = () => {

@@ -12,6 +12,7 @@
  */
 import { connect as netConnect, isIP, type Socket } from 'node:net';
 import { connect as tlsConnect } from 'node:tls';
+import { writable } from '../exchange.js';
 import { BodyQueue, type UpstreamAnswer } from '../upstream-call.js';
 import { atEndOfTurn } from './end-of-turn.js';
 import { ChunkedDecoder, badValue, fieldKey, fieldLine, namesClose, token } from './parse.js';
@@ -286,7 +287,7 @@ export class H1Pool {
           ok = socket.write('\r\n', 'latin1');
           socket.uncork();
         } else ok = socket.write(chunk);
-        if (!ok) await drained(socket);
+        if (!ok) await writable(socket);
       }
       if (conn.dead || conn.ex !== ex || ex.done) return;
       if (length !== undefined && sent !== length) throw new Error(`the request body ended after ${sent} of its ${length} bytes`);
@@ -520,16 +521,3 @@ export class H1Pool {
 const writeSoon = atEndOfTurn<[Socket, Buffer]>(([socket, data]) => {
   if (!socket.destroyed) socket.write(data);
 });
-
-/** Resolves when the socket can take more, or has closed. */
-function drained(socket: Socket): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      socket.off('drain', done);
-      socket.off('close', done);
-      resolve();
-    };
-    socket.on('drain', done);
-    socket.on('close', done);
-  });
-}
