@@ -48,6 +48,9 @@ export interface DecideOptions {
 
 class ConditionError extends Error {}
 
+const noAttrs: Record<string, unknown> = Object.freeze({});
+const noPolicyMatch: Readonly<Reason> = Object.freeze({ type: 'NO_POLICY_MATCH' });
+
 function evalExpr(expr: string, activation: Record<string, unknown>): boolean {
   let value: unknown;
   try {
@@ -98,6 +101,8 @@ interface OrderedRule {
   priority: number;
   condition: Condition;
   seq: number;
+  /** The reason a decision by this rule gives: built once per rule, shared and frozen (access logs serialise it once). */
+  reason: Readonly<Reason>;
 }
 
 /** Ordered rules of a single policy spec, computed once per spec object (specs are immutable cache entries). */
@@ -123,7 +128,10 @@ function sortRules(policies: readonly PolicySource[]): OrderedRule[] {
   let seq = 0;
   for (const source of policies) {
     source.spec.rules.forEach((r, index) => {
-      out.push({ source, index, name: r.name ?? `rule[${index}]`, effect: r.effect, priority: r.priority ?? 0, condition: r.condition, seq: seq++ });
+      const name = r.name ?? `rule[${index}]`;
+      const priority = r.priority ?? 0;
+      const reason = Object.freeze({ type: 'RULE' as const, policy: source.name, attachedTo: source.attachedTo, rule: name, priority });
+      out.push({ source, index, name, effect: r.effect, priority, condition: r.condition, seq: seq++, reason });
     });
   }
   return out.sort((a, b) => a.priority - b.priority || (a.effect === b.effect ? 0 : a.effect === 'DENY' ? -1 : 1) || a.seq - b.seq);
@@ -136,7 +144,8 @@ function sortRules(policies: readonly PolicySource[]): OrderedRule[] {
  */
 export function decide(policies: readonly PolicySource[], ctx: unknown, preCheck?: string, opts: DecideOptions = {}): Decision {
   if (preCheck) return { effect: 'DENY', reason: { type: 'PRE_CHECK', detail: preCheck }, ...(opts.explain ? { trace: [] } : {}) };
-  const rules = orderRules(policies.filter((p) => isEnforced(p, ctx)));
+  // One policy that is enforced (the common case): no filtered copy.
+  const rules = orderRules(policies.length === 1 && isEnforced(policies[0]!, ctx) ? policies : policies.filter((p) => isEnforced(p, ctx)));
   const trace: RuleTrace[] | undefined = opts.explain ? [] : undefined;
   let decision: Decision | undefined;
   for (const r of rules) {
@@ -146,21 +155,20 @@ export function decide(policies: readonly PolicySource[], ctx: unknown, preCheck
     if (entry) trace!.push(entry);
     if (decision && !trace) break;
     if (decision) continue; // explain: list the rules after the deciding one as not reached
-    const base = { policy: r.source.name, attachedTo: r.source.attachedTo, rule: r.name, priority: r.priority };
     try {
-      const matched = evaluateCondition(r.condition, { ctx, attrs: r.source.spec.attrs ?? {} });
+      const matched = evaluateCondition(r.condition, { ctx, attrs: r.source.spec.attrs ?? noAttrs });
       if (entry) entry.matched = matched;
-      if (matched) decision = { effect: r.effect, reason: { type: 'RULE', ...base } };
+      if (matched) decision = { effect: r.effect, reason: r.reason };
     } catch (err) {
       const detail = (err as Error).message;
       if (entry) {
         entry.matched = 'error';
         entry.error = detail;
       }
-      decision = { effect: 'DENY', reason: { type: 'CEL_ERROR', ...base, detail } };
+      decision = { effect: 'DENY', reason: { type: 'CEL_ERROR', policy: r.source.name, attachedTo: r.source.attachedTo, rule: r.name, priority: r.priority, detail } };
     }
   }
-  decision ??= { effect: 'DENY', reason: { type: 'NO_POLICY_MATCH' } };
+  decision ??= { effect: 'DENY', reason: noPolicyMatch };
   return trace ? { ...decision, trace } : decision;
 }
 

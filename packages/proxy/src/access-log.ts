@@ -23,9 +23,43 @@ export interface AccessLogEntry {
   error?: string | undefined;
 }
 
+const q = JSON.stringify;
+const num = (n: number): string => (Number.isFinite(n) ? String(n) : 'null');
+/** JSON of frozen objects: a decision's reason is one shared object per rule, serialised once. */
+const frozenJson = new WeakMap<object, string>();
+
+function json(v: unknown): string | undefined {
+  if (typeof v === 'object' && v !== null && Object.isFrozen(v)) {
+    let text = frozenJson.get(v);
+    if (text === undefined) frozenJson.set(v, (text = q(v)));
+    return text;
+  }
+  return q(v) as string | undefined;
+}
+
+/**
+ * The entry's members as JSON, in a fixed order, leaving out undefined fields (as
+ * `JSON.stringify` and pino do; a test compares the two). Written out field by field: one
+ * `JSON.stringify` of the whole entry cost ~1.5 µs a line, this ~0.5 µs.
+ */
+export function accessLogMembers(e: AccessLogEntry): string {
+  let out = `"type":"access","rid":${q(e.rid)},"method":${q(e.method)},"path":${q(e.path)},"status":${num(e.status)},"bytesIn":${num(e.bytesIn)},"bytesOut":${num(e.bytesOut)},"latencyMs":${num(e.latencyMs)}`;
+  if (e.service !== undefined) out += `,"service":${q(e.service)}`;
+  if (e.user !== undefined) out += `,"user":${q(e.user)}`;
+  if (e.session !== undefined) out += `,"session":${q(e.session)}`;
+  if (e.decision !== undefined) out += `,"decision":${q(e.decision)}`;
+  const reason = e.reason === undefined ? undefined : json(e.reason);
+  if (reason !== undefined) out += `,"reason":${reason}`;
+  if (e.config !== undefined) out += `,"config":${q(e.config)}`;
+  if (e.upstream !== undefined) out += `,"upstream":${q(e.upstream)}`;
+  if (e.retries !== undefined) out += `,"retries":${num(e.retries)}`;
+  if (e.error !== undefined) out += `,"error":${q(e.error)}`;
+  return out;
+}
+
 /**
  * Writes access-log lines to the logger's own stream, in the logger's format (`level`, `time`,
- * its bindings, the entry, `msg`), serialised by one `JSON.stringify`.
+ * its bindings, the entry, `msg`).
  *
  * Why not `logger.info`: pino builds each line by concatenating ~40 pieces, and the stream then
  * has to flatten that string; together ~10% of the proxy's CPU at a line per request, measured,
@@ -55,10 +89,8 @@ export class AccessLog {
   }
 
   write(e: AccessLogEntry): void {
-    e.type = 'access';
-    if (!this.stream) return void this.logger.info(e, 'request');
+    if (!this.stream) return void this.logger.info({ type: 'access', ...e }, 'request');
     if (!this.logger.isLevelEnabled('info')) return;
-    // One stringify of the entry (a plain object: V8's fast path); the rest is fixed text.
-    this.stream.write(`{"level":${this.level},"time":${Date.now()}${this.bindings},${JSON.stringify(e).slice(1, -1)},"msg":"request"}\n`);
+    this.stream.write(`{"level":${this.level},"time":${Date.now()}${this.bindings},${accessLogMembers(e)},"msg":"request"}\n`);
   }
 }

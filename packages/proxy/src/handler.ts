@@ -88,7 +88,7 @@ export class ProxyCore {
    * Gathered policies per Service and session. Everything they come from is in the cache, so
    * any change clears it; steady traffic then gathers once per caller and Service.
    */
-  private readonly policyMemo = new Map<string, PolicySource[]>();
+  private policyMemo = new WeakMap<CompiledService, Map<string, PolicySource[]>>();
 
   constructor(private readonly opts: ProxyCoreOptions) {
     this.now = opts.now ?? (() => new Date());
@@ -104,7 +104,7 @@ export class ProxyCore {
     });
     for (const s of opts.cache.list('Service')) this.services.set(s.metadata.name, compileService(s));
     this.unsubscribe = opts.cache.onChange((ev) => {
-      this.policyMemo.clear();
+      this.policyMemo = new WeakMap();
       if (ev.type === 'RESYNC') {
         this.services.clear();
         for (const s of opts.cache.list('Service')) this.services.set(s.metadata.name, compileService(s));
@@ -148,16 +148,14 @@ export class ProxyCore {
   }
 
   private policiesFor(svc: CompiledService, caller: Caller | undefined): PolicySource[] {
-    // Keyed by the session's uid; a session made up for `explain` has none and is not kept.
+    // Keyed by the Service, then the session's uid (no key string built per request); a session
+    // made up for `explain` has none and is not kept.
     const uid = caller ? caller.session.metadata.uid : '';
     if (uid === undefined) return this.gather(svc, caller);
-    const key = `${svc.fullName}\0${uid}`;
-    let policies = this.policyMemo.get(key);
-    if (!policies) {
-      if (this.policyMemo.size >= 50_000) this.policyMemo.clear();
-      policies = this.gather(svc, caller);
-      this.policyMemo.set(key, policies);
-    }
+    let bySession = this.policyMemo.get(svc);
+    if (!bySession || bySession.size >= 10_000) this.policyMemo.set(svc, (bySession = new Map()));
+    let policies = bySession.get(uid);
+    if (!policies) bySession.set(uid, (policies = this.gather(svc, caller)));
     return policies;
   }
 
@@ -505,7 +503,7 @@ export class ProxyCore {
     } finally {
       this.plugins.finish(pluginState);
       log.bytesIn = bytesIn || (log.bytesIn ?? 0);
-      log.latencyMs = +(performance.now() - started).toFixed(3);
+      log.latencyMs = Math.round((performance.now() - started) * 1000) / 1000;
       this.access.write(log);
     }
   }
@@ -568,7 +566,7 @@ export class ProxyCore {
       log.error = e.internal ?? e.publicMessage;
       replyErrorOnSocket(socket, e, rid);
     } finally {
-      log.latencyMs = +(performance.now() - started).toFixed(3);
+      log.latencyMs = Math.round((performance.now() - started) * 1000) / 1000;
       this.access.write(log);
     }
   }

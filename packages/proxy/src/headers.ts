@@ -97,7 +97,7 @@ export function upstreamHeaders(req: ProxyRequest, caller: Caller | undefined, a
     if (caller.user.metadata.uid) out['x-postern-user-uid'] = caller.user.metadata.uid;
     const email = (caller.user.spec as { email?: string }).email;
     if (email) out['x-postern-user-email'] = email;
-    out['x-postern-groups'] = caller.groups.map((g) => g.metadata.name).join(',');
+    out['x-postern-groups'] = caller.groupNames ?? caller.groups.map((g) => g.metadata.name).join(',');
     out['x-postern-session'] = caller.session.metadata.name;
   }
   for (const h of route.addRequestHeaders) {

@@ -7,6 +7,8 @@ export interface Caller {
   session: AnyResource;
   user: AnyResource;
   groups: AnyResource[];
+  /** The groups' names joined by commas (the `x-postern-groups` header), worked out once per user. */
+  groupNames?: string;
   /** Set when identity came from a token (public Services); the pre-checks look at it. */
   accessTokenExpiresAt?: Date;
   /** How the caller was identified. */
@@ -28,7 +30,7 @@ export class IdentityIndex {
   private readonly byIp = new Map<string, string>();
   /** The addresses indexed for each session, so a change touches only that session's entries. */
   private readonly bySession = new Map<string, string[]>();
-  private users = new WeakMap<AnyResource, { user: AnyResource; groups: AnyResource[] }>();
+  private users = new WeakMap<AnyResource, { user: AnyResource; groups: AnyResource[]; groupNames: string }>();
   private readonly unsubscribe: () => void;
 
   constructor(private readonly cache: ResourceCache, private readonly auth: AccessTokenVerifier) {
@@ -62,7 +64,7 @@ export class IdentityIndex {
   private withUser(session: AnyResource, via: Caller['via'], accessTokenExpiresAt?: Date): Caller | undefined {
     const found = this.userOf(session);
     if (!found) return undefined;
-    const caller: Caller = { session, user: found.user, groups: found.groups, via };
+    const caller: Caller = { session, user: found.user, groups: found.groups, groupNames: found.groupNames, via };
     if (accessTokenExpiresAt) caller.accessTokenExpiresAt = accessTokenExpiresAt;
     return caller;
   }
@@ -71,14 +73,14 @@ export class IdentityIndex {
    * A session's user and groups. Kept per session object: the cache replaces a resource's
    * object on every change, and any change clears what was kept.
    */
-  private userOf(session: AnyResource): { user: AnyResource; groups: AnyResource[] } | undefined {
+  private userOf(session: AnyResource): { user: AnyResource; groups: AnyResource[]; groupNames: string } | undefined {
     const kept = this.users.get(session);
     if (kept) return kept;
     const ref = (session.status as { userRef?: { name?: string; uid?: string } } | undefined)?.userRef;
     const user = ref?.name ? this.cache.get('User', ref.name) : undefined;
     if (!user || (ref?.uid && user.metadata.uid !== ref.uid)) return undefined;
     const groups = ((user.spec as { groups?: string[] }).groups ?? []).flatMap((g) => this.cache.get('Group', g) ?? []);
-    const found = { user, groups };
+    const found = { user, groups, groupNames: groups.map((g) => g.metadata.name).join(',') };
     this.users.set(session, found);
     return found;
   }
