@@ -7,3 +7,4 @@ export { startCluster, type ClusterOptions, type RunningCluster } from './cluste
 export { initCluster, bootstrapResources, clusterInfo, ensureClusterInfo, type ClusterInfo } from './init.js';
 export { GatewayHost, listenerPort, type GatewayOptions } from './gateway.js';
 export { clusterTls, fingerprint, type ClusterTls } from './tls.js';
+export { posterndLogger } from './log.js';
