@@ -123,6 +123,16 @@ export function orderRules(policies: readonly PolicySource[]): OrderedRule[] {
   return sortRules(policies);
 }
 
+/** RULE reasons per policy source and rule index: the same frozen object for every decision by that rule. */
+const reasonsBySource = new WeakMap<PolicySource, Readonly<Reason>[]>();
+function ruleReason(source: PolicySource, index: number, rule: string, priority: number): Readonly<Reason> {
+  let reasons = reasonsBySource.get(source);
+  if (!reasons) reasonsBySource.set(source, (reasons = []));
+  const kept = reasons[index];
+  if (kept && kept.rule === rule && kept.priority === priority && kept.policy === source.name && kept.attachedTo === source.attachedTo) return kept;
+  return (reasons[index] = Object.freeze({ type: 'RULE' as const, policy: source.name, attachedTo: source.attachedTo, rule, priority }));
+}
+
 function sortRules(policies: readonly PolicySource[]): OrderedRule[] {
   const out: OrderedRule[] = [];
   let seq = 0;
@@ -130,8 +140,7 @@ function sortRules(policies: readonly PolicySource[]): OrderedRule[] {
     source.spec.rules.forEach((r, index) => {
       const name = r.name ?? `rule[${index}]`;
       const priority = r.priority ?? 0;
-      const reason = Object.freeze({ type: 'RULE' as const, policy: source.name, attachedTo: source.attachedTo, rule: name, priority });
-      out.push({ source, index, name, effect: r.effect, priority, condition: r.condition, seq: seq++, reason });
+      out.push({ source, index, name, effect: r.effect, priority, condition: r.condition, seq: seq++, reason: ruleReason(source, index, name, priority) });
     });
   }
   return out.sort((a, b) => a.priority - b.priority || (a.effect === b.effect ? 0 : a.effect === 'DENY' ? -1 : 1) || a.seq - b.seq);
@@ -144,8 +153,8 @@ function sortRules(policies: readonly PolicySource[]): OrderedRule[] {
  */
 export function decide(policies: readonly PolicySource[], ctx: unknown, preCheck?: string, opts: DecideOptions = {}): Decision {
   if (preCheck) return { effect: 'DENY', reason: { type: 'PRE_CHECK', detail: preCheck }, ...(opts.explain ? { trace: [] } : {}) };
-  // One policy that is enforced (the common case): no filtered copy.
-  const rules = orderRules(policies.length === 1 && isEnforced(policies[0]!, ctx) ? policies : policies.filter((p) => isEnforced(p, ctx)));
+  // One policy (the common case): no filtered copy.
+  const rules = orderRules(policies.length === 1 ? (isEnforced(policies[0]!, ctx) ? policies : []) : policies.filter((p) => isEnforced(p, ctx)));
   const trace: RuleTrace[] | undefined = opts.explain ? [] : undefined;
   let decision: Decision | undefined;
   for (const r of rules) {

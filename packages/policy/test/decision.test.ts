@@ -80,6 +80,17 @@ describe('decision table', () => {
   }
   it('has at least 40 cases', () => assert.ok(cases.length >= 40));
 
+  it('gives every decision by a rule the same frozen reason, and a new one when the rule changes', () => {
+    const policies = [pol('one', [deny('false')]), pol('two', [allow('true', 0, 'ok')])];
+    const [a, b] = [decide(policies, ctx([])), decide(policies, ctx([]))];
+    assert.equal(a.reason, b.reason);
+    assert.ok(Object.isFrozen(a.reason));
+    assert.deepEqual(a.reason, { type: 'RULE', policy: 'two', attachedTo: 'Service/s.default', rule: 'ok', priority: 0 });
+    // The same policy source object with its rule renamed and reprioritised in place.
+    policies[1]!.spec.rules[0] = allow('true', -1, 'renamed');
+    assert.deepEqual(decide(policies, ctx([])).reason, { type: 'RULE', policy: 'two', attachedTo: 'Service/s.default', rule: 'renamed', priority: -1 });
+  });
+
   it('explains every rule in order, with the decider and the rules not reached', () => {
     const d = decide([pol('p', [allow('true', 1, 'late'), deny('false', 0, 'd'), allow('"dev" in ctx.user.spec.groups', 0, 'a')])], ctx(['dev']), undefined, { explain: true });
     assert.deepEqual(d.trace!.map((t) => [t.rule, t.matched]), [['d', false], ['a', true], ['late', undefined]]);
