@@ -48,7 +48,7 @@ class BatchedLines implements DestinationStream {
  * Why: asynchronous writes go through libuv's thread pool, and on a 2-core machine the pool
  * thread woken for each batch competed for a core with the proxy's thread (measured: the
  * proxy's main thread waited ~3% of a run on the CPU run queue, and the p99 latency at ~9,000
- * req/s was lower with synchronous writes in each of 7 paired runs, 5–34 ms against 15–54 ms).
+ * req/s was lower with synchronous writes in 10 of 12 paired runs; throughput the same).
  * A write to a file lands in the page cache and does not wait for a reader; a pipe, socket or
  * terminal can stop when its reader is slow, so those stay asynchronous.
  */
