@@ -48,7 +48,7 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
     await new Promise((r) => wss.once('listening', r));
     wsPort = (wss.address() as { port: number }).port;
     wss.on('connection', (sock, req) => {
-      sock.send(`hello ${String(req.headers['x-postern-user'])}`);
+      sock.send(`hello ${String(req.headers['x-postern-user'])} at ${String(req.url)}`);
       sock.on('message', (m) => sock.send(`echo ${m.toString()}`));
     });
 
@@ -69,6 +69,7 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
       svc('slow', `    upstream: {url: "${u('slow')}"}`),
       svc('down', '    upstream: {url: "http://127.0.0.1:1"}'),
       svc('ws', `    upstream: {url: "http://127.0.0.1:${wsPort}"}`),
+      svc('wsp', `    upstream: {url: "http://127.0.0.1:${wsPort}/base/"}`),
       svc('basic', `    upstream: {url: "${u('creds')}"}\n    http: {auth: {basic: {username: svc-user, password: {fromSecret: basic-pw}}}}`),
       svc('custom', `    upstream: {url: "${u('creds')}"}\n    http: {auth: {custom: {header: X-Api-Key, value: {fromSecret: api-key}}}}`),
       svc('oauth', `    upstream: {url: "${u('creds')}"}\n    http: {auth: {oauth2ClientCredentials: {tokenURL: "${u('oauth')}/token", clientID: client-1, clientSecret: {fromSecret: oauth-secret}, scopes: [read]}}}`),
@@ -77,7 +78,7 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
     ].join('\n---\n');
     const r = await tc.cli('posternctl', ['apply', '-'], { stdin: yaml });
     assert.equal(r.code, 0, r.err);
-    for (const name of ['sse', 'sink', 'lb', 'slow', 'down', 'ws', 'basic', 'custom', 'oauth', 'sigv4', 'pass']) ports[name] = await tc.cluster.proxy!.listenService(`${name}.default`, '127.0.0.1', 0);
+    for (const name of ['sse', 'sink', 'lb', 'slow', 'down', 'ws', 'wsp', 'basic', 'custom', 'oauth', 'sigv4', 'pass']) ports[name] = await tc.cluster.proxy!.listenService(`${name}.default`, '127.0.0.1', 0);
     await tc.connectedSession('sam', from);
   });
   after(async () => {
@@ -141,7 +142,17 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
       ws.on('error', reject);
     });
     ws.close();
-    assert.deepEqual(messages, ['hello sam', 'echo ping']);
+    assert.deepEqual(messages, ['hello sam at /socket', 'echo ping']);
+  });
+
+  it('upgrades under the upstream URL’s own path, as plain requests are', async () => {
+    const ws = new WebSocket(`ws://127.0.0.1:${ports.wsp}/socket?x=1`, { localAddress: from });
+    const first = await new Promise<string>((resolve, reject) => {
+      ws.once('message', (m) => resolve(m.toString()));
+      ws.on('error', reject);
+    });
+    ws.close();
+    assert.equal(first, 'hello sam at /base/socket?x=1');
   });
 
   it('refuses an upgrade from an unknown address before reaching the upstream', async () => {

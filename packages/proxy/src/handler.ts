@@ -14,7 +14,7 @@ import { answerPreflight, corsResponseHeaders } from './cors.js';
 import { connectionHeaders, flatHeaders, framingProblem, pluginCannotChange, upstreamHeaders } from './headers.js';
 import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
 import { normalizeTarget } from './normalize.js';
-import { compileService, rewritePath, type CompiledService, type Route } from './routes.js';
+import { compileService, rewritePath, type CompiledService, type Endpoint, type Route } from './routes.js';
 import { Balancer, UpstreamPools } from './upstream.js';
 import { H2Upstreams } from './h2upstream.js';
 import { UpstreamAuth, UpstreamAuthError } from './upstream-auth.js';
@@ -365,9 +365,9 @@ export class ProxyCore {
       let base = endpoint.url;
       const path = rewritePath(target.path, route);
       // The normalised path is already safe to append; building a URL object per request is not needed.
-      const pathOn = (b: URL) => `${b.pathname === '/' ? '' : b.pathname.replace(/\/$/, '')}${path}${target.query ? `?${target.query}` : ''}`;
-      let upstreamPath = pathOn(base);
-      log.upstream = base.origin;
+      const pathOn = (e: Endpoint) => `${e.basePath}${path}${target.query ? `?${target.query}` : ''}`;
+      let upstreamPath = pathOn(endpoint);
+      log.upstream = endpoint.origin;
       const headers = upstreamHeaders(req, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
       const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
       if (requestPlugins.length) {
@@ -410,9 +410,9 @@ export class ProxyCore {
           if (next && !next.user && next !== endpoint) {
             endpoint = next;
             base = next.url;
-            upstreamPath = pathOn(base);
+            upstreamPath = pathOn(next);
             headers.host = base.host;
-            log.upstream = base.origin;
+            log.upstream = next.origin;
             if (route.auth) await authenticate();
           }
         }
@@ -420,7 +420,7 @@ export class ProxyCore {
         try {
           up = route.upstreamHttp2
             ? await this.h2.forward(base, req.method ?? 'GET', upstreamPath, headers, upstreamBody, route, this.upstreamTimeoutMs)
-            : await this.pools.h1(base.origin, route).request({ method: req.method ?? 'GET', path: upstreamPath, headers, body: upstreamBody });
+            : await this.pools.h1(endpoint.origin, route).request({ method: req.method ?? 'GET', path: upstreamPath, headers, body: upstreamBody });
           this.balancer(svc, route).markHealthy(endpoint);
         } catch (err) {
           const code = (err as { code?: string }).code ?? '';
@@ -534,7 +534,8 @@ export class ProxyCore {
       const endpoint = this.balancer(svc, route).pick(route.endpoints);
       if (!endpoint || endpoint.user) throw new HttpError(502, 'the service has no reachable upstream');
       const base = endpoint.url;
-      const path = rewritePath(target.path, route);
+      // Under the upstream URL's own path, as for every other request.
+      const path = `${endpoint.basePath}${rewritePath(target.path, route)}`;
       const headers = upstreamHeaders(req, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
       // Plugins hold for upgrades too (a rate limit, a direct answer, header changes by Lua).
       const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
@@ -548,7 +549,7 @@ export class ProxyCore {
       }
       Object.assign(headers, await this.upstreamAuth.headers(route, { method: 'GET', url: new URL(path, base), headers: headers as Record<string, string> }));
       const protocol = typeof req.headers.upgrade === 'string' ? req.headers.upgrade : 'websocket';
-      const up = await this.pools.get(base.origin, route).upgrade({ path: `${path}${target.query ? `?${target.query}` : ''}`, method: 'GET', headers, protocol });
+      const up = await this.pools.get(endpoint.origin, route).upgrade({ path: `${path}${target.query ? `?${target.query}` : ''}`, method: 'GET', headers, protocol });
       log.status = 101;
       const lines = ['HTTP/1.1 101 Switching Protocols', 'connection: Upgrade', `upgrade: ${protocol}`, `x-postern-request-id: ${rid}`];
       for (const [k, v] of Object.entries(up.headers)) {

@@ -3,6 +3,9 @@ import { compileCors, type Cors } from './cors.js';
 
 export interface Endpoint {
   url: URL;
+  /** `url.origin` and `url.pathname` without its trailing slash, worked out once (URL getters build a new string per call). */
+  origin: string;
+  basePath: string;
   /** Served by a connected client of this user (tunnels); not reachable until those exist. */
   user?: string;
 }
@@ -55,12 +58,16 @@ export const defaultMaxRequestSize = 4 * 1024 * 1024;
 function compileConfig(c: ServiceConfig, name: string): Route {
   const http = c.http ?? {};
   const up = c.upstream ?? {};
+  const endpoint = (url: string, user?: string): Endpoint => {
+    const u = new URL(url);
+    return { url: u, origin: u.origin, basePath: u.pathname.replace(/\/$/, ''), ...(user ? { user } : {}) };
+  };
   const endpoints: Endpoint[] = up.url
-    ? [{ url: new URL(up.url) }]
+    ? [endpoint(up.url)]
     : up.loadbalance
-      ? up.loadbalance.endpoints.map((e) => ({ url: new URL(e.url), ...(e.user ? { user: e.user } : {}) }))
+      ? up.loadbalance.endpoints.map((e) => endpoint(e.url, e.user))
       : up.user
-        ? [{ url: new URL('http://connected-client.invalid'), user: up.user }]
+        ? [endpoint('http://connected-client.invalid', up.user)]
         : [];
   const lower = (xs: string[] | undefined) => new Set((xs ?? []).map((x) => x.toLowerCase()));
   const hv = (xs: { key: string; value: string; append?: boolean | undefined }[] | undefined) => (xs ?? []).map((h) => ({ key: h.key.toLowerCase(), value: h.value, append: h.append ?? false }));
