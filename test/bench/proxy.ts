@@ -49,6 +49,9 @@ async function wrk(url: string, headers: Record<string, string> = {}): Promise<{
   return { rps, p99ms };
 }
 
+/** The middle one of three measurements. */
+const median3 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[1]!;
+
 /** p99 latency at a fixed rate, from the open-loop generator in its own process, in ms. */
 async function fixedRateP99(url: string, rate: number, headers: Record<string, string> = {}): Promise<number> {
   const script = join(import.meta.dirname, 'openloop.js');
@@ -239,8 +242,7 @@ http {
         ref.push(await fixedRateP99(`http://127.0.0.1:${pUp}/api/items`, rate));
         mine.push(await fixedRateP99(ours, rate, bearer));
       }
-      const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[1]!;
-      const [r, o] = [median(ref), median(mine)];
+      const [r, o] = [median3(ref), median3(mine)];
       const list = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(', ');
       return {
         name,
@@ -267,23 +269,29 @@ http {
     // (three rounds, the order alternating) and compared by their medians. Measuring one process
     // before and after its apply put minutes between the two runs, and on this shared 2-core
     // machine the same process moved by ±15% in that time on its own: more than the target.
-    const [single, many] = await Promise.all([startOurs(join(dir, 'single'), pUp, []), startOurs(join(dir, 'many'), pUp, [])]);
+    // Both or neither: one that started while the other failed is stopped again.
+    const [first, second] = await Promise.allSettled([startOurs(join(dir, 'single'), pUp, []), startOurs(join(dir, 'many'), pUp, [])]);
+    if (first.status === 'rejected' || second.status === 'rejected') {
+      await Promise.all([first, second].map((r) => (r.status === 'fulfilled' ? r.value.d.stop() : undefined)));
+      throw first.status === 'rejected' ? first.reason : (second as PromiseRejectedResult).reason;
+    }
+    const [single, many] = [first.value, second.value];
     try {
       await many.ctl(['apply', file]);
       await new Promise((r) => setTimeout(r, 1000));
       const measure = (o: typeof single) => wrk(`http://${o.d.publicAddress}/api/items`, { authorization: `Bearer ${o.token}`, Host: 'api.bench.test' });
-      const [one, loaded]: number[][] = [[], []];
+      const one: number[] = [];
+      const loaded: number[] = [];
       for (let round = 0; round < 3; round++) {
-        for (const o of round % 2 === 0 ? [single, many] : [many, single]) (o === single ? one : loaded)!.push((await measure(o)).rps);
+        for (const o of round % 2 === 0 ? [single, many] : [many, single]) (o === single ? one : loaded).push((await measure(o)).rps);
       }
-      const median = (xs: number[]) => [...xs].sort((x, y) => x - y)[1]!;
-      const [base, with1000] = [median(one!), median(loaded!)];
+      const [base, with1000] = [median3(one), median3(loaded)];
       const drop = 1 - with1000 / base;
       const list = (xs: number[]) => xs.map((x) => Math.round(x).toLocaleString('en')).join(', ');
       rows.push({
         name: 'requests/s of one Service with 1,000 more Services and 1,000 Policies configured (median of 3 runs, taken in turns with a one-Service process)',
-        ours: `${rate({ rps: with1000 })} (runs: ${list(loaded!)})`,
-        reference: `${rate({ rps: base })} with 1 Service (runs: ${list(one!)})`,
+        ours: `${rate({ rps: with1000 })} (runs: ${list(loaded)})`,
+        reference: `${rate({ rps: base })} with 1 Service (runs: ${list(one)})`,
         ratio: `${Math.abs(drop * 100).toFixed(1)}% ${drop >= 0 ? 'drop' : 'gain'}`,
         target: '< 10% drop',
         pass: drop < 0.1,
