@@ -135,6 +135,7 @@ spec:
         forwarded: 'for=6.6.6.6',
         'x-postern-user': 'root',
         'x-postern-groups': 'ops',
+        'x-postern-request-id': 'chosen-by-the-caller',
       },
     });
     assert.equal(r.status, 200, r.body);
@@ -144,6 +145,10 @@ spec:
     assert.equal(h['x-forwarded-proto'], 'http');
     assert.equal(h['x-postern-user'], 'mallory');
     assert.equal(h['x-postern-groups'], 'staff');
+    // The request ID the caller is given is the one the upstream receives, whatever the caller sent.
+    const rid = r.headers['x-postern-request-id'];
+    assert.match(String(rid), /^[0-9a-f-]{36}$/);
+    assert.equal(h['x-postern-request-id'], rid);
   });
 
   it('logs one JSON line per request with the decision and reason, and no token', async () => {

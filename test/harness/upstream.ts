@@ -28,6 +28,8 @@ export class RecordingUpstream {
         res.setHeader('content-type', 'application/json');
         res.setHeader('server', `upstream-${name}`);
         res.setHeader('x-internal', 'secret-internal-header');
+        // An upstream that sends its own request ID must not replace the gateway's.
+        res.setHeader('x-postern-request-id', 'set-by-the-upstream');
         res.end(JSON.stringify({ upstream: name, method: req.method, url: req.url, headers: req.headers, body }));
       });
     });

@@ -368,7 +368,7 @@ export class ProxyCore {
       const pathOn = (e: Endpoint) => `${e.basePath}${path}${target.query ? `?${target.query}` : ''}`;
       let upstreamPath = pathOn(endpoint);
       log.upstream = endpoint.origin;
-      const headers = upstreamHeaders(req, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
+      const headers = upstreamHeaders(req, rid, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
       const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
       if (requestPlugins.length) {
         // PRE_AUTH plugins' ext_proc streams stay open for the response side, after these.
@@ -443,7 +443,8 @@ export class ProxyCore {
       // first, so move the status to the trailers, where clients then look for it.
       const grpcStatus: Record<string, string | string[]> = {};
       for (const [k, v] of Object.entries(up.headers)) {
-        if (v === undefined || drop.has(k) || route.removeResponseHeaders.has(k)) continue;
+        // The request ID is the gateway's: an upstream that echoes it (or sends its own) does not replace it.
+        if (v === undefined || drop.has(k) || route.removeResponseHeaders.has(k) || k === 'x-postern-request-id') continue;
         if (up.h2Trailers && (k === 'grpc-status' || k === 'grpc-message' || k === 'grpc-status-details-bin')) grpcStatus[k] = v;
         else responseHeaders.set(k, v);
       }
@@ -536,7 +537,7 @@ export class ProxyCore {
       const base = endpoint.url;
       // Under the upstream URL's own path, as for every other request.
       const path = `${endpoint.basePath}${rewritePath(target.path, route)}`;
-      const headers = upstreamHeaders(req, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
+      const headers = upstreamHeaders(req, rid, caller, svc.spec.isAnonymous === true, route, base, entry.kind === 'public');
       // Plugins hold for upgrades too (a rate limit, a direct answer, header changes by Lua).
       const requestPlugins = route.plugins.length ? this.plugins.select(route, 'POST_AUTH', ctx) : route.plugins;
       if (requestPlugins.length) {

@@ -66,9 +66,11 @@ export function framingProblem(rawHeaders: readonly string[]): string | undefine
 /**
  * The headers sent upstream: the caller's, less hop-by-hop ones, the caller's `x-forwarded-*`
  * and `x-postern-*` (never trusted), the `postern_auth` cookie and, unless
- * `authorizationMode: PASS`, the caller's Authorization; then `x-forwarded-*`, the caller's identity, and the route's own.
+ * `authorizationMode: PASS`, the caller's Authorization; then `x-forwarded-*`, the request ID
+ * the caller's answer and the access log carry (`x-postern-request-id`, so the upstream's own logs
+ * can be matched with the gateway's), the caller's identity, and the route's own.
  */
-export function upstreamHeaders(req: ProxyRequest, caller: Caller | undefined, anonymous: boolean, route: Route, upstream: URL, isPublic: boolean): Record<string, string | string[]> {
+export function upstreamHeaders(req: ProxyRequest, rid: string, caller: Caller | undefined, anonymous: boolean, route: Route, upstream: URL, isPublic: boolean): Record<string, string | string[]> {
   const drop = connectionHeaders(req.headers);
   const out: Record<string, string | string[]> = {};
   for (const [k, v] of Object.entries(req.headers)) {
@@ -92,6 +94,7 @@ export function upstreamHeaders(req: ProxyRequest, caller: Caller | undefined, a
   out['x-forwarded-proto'] = isPublic ? 'https' : 'http';
   const host = req.headers.host ?? (req.headers[':authority'] as string | undefined);
   if (host) out['x-forwarded-host'] = host;
+  out['x-postern-request-id'] = rid;
   if (caller) {
     out['x-postern-user'] = caller.user.metadata.name;
     if (caller.user.metadata.uid) out['x-postern-user-uid'] = caller.user.metadata.uid;
