@@ -27,7 +27,8 @@ export interface BenchRow {
   reference: string;
   ratio: string;
   target: string;
-  pass: boolean;
+  /** Whether the target is met; undefined for a row that only informs (no target). */
+  pass: boolean | undefined;
 }
 
 const services = (n: number, prefix: string): AnyResource[] =>

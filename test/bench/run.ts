@@ -16,4 +16,4 @@ if (want('proxy')) rows.push(...(await proxyBenchmarks()));
 if (want('tunnel')) rows.push(...(await tunnelBenchmarks()));
 console.log('| benchmark | ours | reference | ratio | target | met |');
 console.log('|---|---|---|---|---|---|');
-for (const r of rows) console.log(`| ${r.name} | ${r.ours} | ${r.reference} | ${r.ratio} | ${r.target} | ${r.pass ? 'yes' : '**no**'} |`);
+for (const r of rows) console.log(`| ${r.name} | ${r.ours} | ${r.reference} | ${r.ratio} | ${r.target} | ${r.pass === undefined ? '—' : r.pass ? 'yes' : '**no**'} |`);

@@ -87,6 +87,16 @@ describe('Core API: concurrency, atomic apply, tokens, secrets', () => {
   it('refuses to delete a Policy still attached, and deletes a User with its sessions', async () => {
     await root.api.apply([{ kind: 'Policy', metadata: { name: 'p-used' }, spec: { rules: [] } }, { kind: 'Group', metadata: { name: 'g-uses' }, spec: { authorization: { policies: ['p-used'] } } }]);
     await rejectsWith(root.api.delete('Policy', 'p-used'), 'ERR_IN_USE');
+    // Pruning it is refused the same way while a resource of a kind not applied still uses it;
+    // with its user pruned in the same apply, both go.
+    const policies = [{ kind: 'Policy', metadata: { name: 'p-kept' }, spec: { rules: [] } }];
+    const all = await root.api.list('Policy');
+    const keepOthers = all.items.filter((p) => !['p-used', 'p-kept'].includes(p.metadata.name) && !p.metadata.annotations?.['postern.io/managed-by']).map((p) => ({ kind: 'Policy', metadata: { name: p.metadata.name }, spec: p.spec }));
+    await assert.rejects(root.api.apply([...policies, ...keepOthers], { prune: true }), (err: Error) => /cannot prune Policy\/p-used: still used by Group\/g-uses/.test(err.message));
+    await root.api.get('Policy', 'p-used');
+    const groups = (await root.api.list('Group')).items.filter((g) => g.metadata.name !== 'g-uses').map((g) => ({ kind: 'Group', metadata: { name: g.metadata.name }, spec: g.spec }));
+    const both = await root.api.apply([...policies, ...keepOthers, ...groups], { prune: true });
+    assert.deepEqual(both.filter((r) => r.action === 'pruned').map((r) => `${r.kind}/${r.name}`).sort(), ['Group/g-uses', 'Policy/p-used']);
     await root.api.apply([{ kind: 'User', metadata: { name: 'temp' }, spec: { type: 'HUMAN' } }]);
     const cred = await root.api.createCredential({ user: 'temp', type: 'auth-token' });
     const temp = await clientFor(tc, cred.token);

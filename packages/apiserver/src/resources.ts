@@ -182,24 +182,39 @@ export class ResourceService {
     return { ...current, ...(desired.apiVersion ? { apiVersion: desired.apiVersion } : {}), metadata: { ...current.metadata, ...meta, name: current.metadata.name }, spec: spec ?? {} };
   }
 
-  /** Resources that refer to `kind/name`, as `Kind/name` strings. */
-  private async referrers(kind: string, name: string): Promise<string[]> {
+  /**
+   * Who refers to each of `targets` (as `Kind/name` keys): `Kind/name` of every referrer. One
+   * snapshot of the kinds that can refer to them, read once however many targets there are
+   * (`apply --prune` of 2,000 resources used to read one snapshot per resource: 23 s).
+   */
+  private async referrers(targets: readonly AnyResource[]): Promise<Map<string, string[]>> {
     const kindsThatRefer: Record<string, Kind[]> = {
       Policy: ['Service', 'Namespace', 'User', 'Group', 'Session', 'Device', 'Credential', 'ClusterConfig'],
       Secret: ['Service', 'IdentityProvider'],
       Namespace: ['Service'],
       Group: ['User'],
     };
-    const candidates = kindsThatRefer[kind];
-    if (!candidates) return [];
-    const all = await this.store.snapshot(candidates);
-    return all.items.filter((r) => referencesOf(r).some((ref) => ref.kind === kind && ref.name === name)).map((r) => `${r.kind}/${r.metadata.name}`);
+    const wanted = new Set(targets.map((t) => `${t.kind}/${t.metadata.name}`));
+    const candidates = [...new Set(targets.flatMap((t) => kindsThatRefer[t.kind] ?? []))];
+    const out = new Map<string, string[]>();
+    if (candidates.length === 0) return out;
+    for (const r of (await this.store.snapshot(candidates)).items) {
+      const by = `${r.kind}/${r.metadata.name}`;
+      for (const ref of referencesOf(r)) {
+        const key = `${ref.kind}/${ref.name}`;
+        if (!wanted.has(key)) continue;
+        const list = out.get(key);
+        if (!list) out.set(key, [by]);
+        else if (!list.includes(by)) list.push(by);
+      }
+    }
+    return out;
   }
 
   /** Deletes a resource; deleting a User or Credential also ends the sessions (and credentials) that hang on it. */
   async delete(kind: string, name: string, resourceVersion?: string): Promise<AnyResource> {
     const current = await this.get(kind, name);
-    const using = await this.referrers(current.kind, current.metadata.name);
+    const using = (await this.referrers([current])).get(`${current.kind}/${current.metadata.name}`) ?? [];
     if (using.length) {
       throw new PosternError('ERR_IN_USE', `${current.kind} "${current.metadata.name}" is still used by ${using.slice(0, 5).join(', ')}${using.length > 5 ? ` and ${using.length - 5} more` : ''}; change those first`);
     }
@@ -257,8 +272,9 @@ export class ResourceService {
       },
     );
     if (refIssues.length) throw PosternError.fromIssues(refIssues);
+    const usedBy = pruned.length ? await this.referrers(pruned) : new Map<string, string[]>();
     for (const r of pruned) {
-      const users = (await this.referrers(r.kind, r.metadata.name)).filter((u) => !seen.has(u) && !prunedKeys.has(u));
+      const users = (usedBy.get(`${r.kind}/${r.metadata.name}`) ?? []).filter((u) => !seen.has(u) && !prunedKeys.has(u));
       if (users.length) throw new PosternError('ERR_IN_USE', `cannot prune ${r.kind}/${r.metadata.name}: still used by ${users.join(', ')}`);
     }
 
