@@ -106,10 +106,18 @@ export class ResourceService {
 
   private async missingReferences(resources: readonly { r: AnyResource; index?: number }[], willExist: (kind: string, name: string) => boolean | undefined): Promise<Issue[]> {
     const issues: Issue[] = [];
+    // Each target is read at most once: 1,000 Services in one Namespace are one read, not 1,000.
+    const stored = new Map<string, Promise<boolean>>();
+    const inStore = (kind: string, name: string) => {
+      const key = `${kind}/${name}`;
+      let p = stored.get(key);
+      if (!p) stored.set(key, (p = this.store.get(kind, name).then((r) => r !== undefined)));
+      return p;
+    };
     for (const { r, index } of resources) {
       for (const ref of referencesOf(r)) {
         const known = willExist(ref.kind, ref.name);
-        const exists = known ?? (await this.store.get(ref.kind, ref.name)) !== undefined;
+        const exists = known ?? (await inStore(ref.kind, ref.name));
         if (!exists) {
           issues.push({
             code: 'ERR_MISSING_REFERENCE',
