@@ -1,0 +1,85 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { RecordingUpstream, runBin, send, spawnPosternd, type RunningPosternd } from '../harness/index.js';
+
+const domain = 'fair.test';
+
+/**
+ * One posternd on the embedded database (PGlite runs each statement synchronously on the event
+ * loop): while 400 Services are applied and the controller gives each its address, requests
+ * through the proxy keep being answered. Before each statement took its turn on the event loop,
+ * the controller's statements ran back to back and a request waited for all of them (seconds).
+ */
+describe('embedded database: the proxy keeps answering while the control plane is busy', () => {
+  let dir: string;
+  let d: RunningPosternd;
+  let up: RecordingUpstream;
+  let ca = '';
+  let token = '';
+  let port = 0;
+  const as = { env: { POSTERN_CONFIG_DIR: '' }, cwd: '' };
+  const ctl = (args: string[], stdin?: string) => runBin('posternctl', ['--domain', domain, ...args], { ...as, ...(stdin !== undefined ? { stdin } : {}) });
+  const get = () => send({ port, path: '/items', headers: { authorization: `Bearer ${token}` }, tls: { host: `api.${domain}`, ca } });
+
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'postern-fair-'));
+    as.cwd = dir;
+    as.env.POSTERN_CONFIG_DIR = join(dir, 'home');
+    up = await RecordingUpstream.start(0, 'api');
+    d = await spawnPosternd(['up', '--domain', domain, '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0'], { cwd: dir });
+    port = Number(d.publicAddress!.split(':').at(-1));
+    const login = await runBin('postern', ['login', '--domain', domain, '--api', d.address, '--auth-token', d.rootToken!], as);
+    assert.equal(login.code, 0, login.err);
+    ca = (JSON.parse(readFileSync(join(dir, 'home', 'sessions', `${domain}.json`), 'utf8')) as { ca: string }).ca;
+    const r = await ctl(
+      ['apply', '-'],
+      `kind: User\nmetadata: {name: dana}\nspec: {type: HUMAN}\n---\nkind: Service\nmetadata: {name: api}\nspec:\n  isPublic: true\n  config: {upstream: {url: "http://127.0.0.1:${up.port}"}}\n  authorization: {inlinePolicies: [{spec: {rules: [{effect: ALLOW, condition: {match: 'ctx.user.metadata.name == "dana"'}}]}}]}\n`,
+    );
+    assert.equal(r.code, 0, r.err);
+    token = (await ctl(['create', 'credential', '--user', 'dana', '--type', 'access-token'])).out.trim();
+  });
+
+  after(async () => {
+    await d?.stop();
+    await up?.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('answers requests within a second while 400 Services are applied and get their addresses', async () => {
+    assert.equal((await get()).status, 200);
+    const many = Array.from({ length: 400 }, (_, i) => `kind: Service\nmetadata: {name: svc-${i}}\nspec:\n  config: {upstream: {url: "http://127.0.0.1:${up.port}"}}\n`).join('---\n');
+    let applying = true;
+    const latencies: number[] = [];
+    // One request at a time, every 20 ms, for as long as the apply and the address assignment run.
+    const probe = (async () => {
+      while (applying) {
+        const t = performance.now();
+        const r = await get();
+        assert.equal(r.status, 200, r.body);
+        latencies.push(performance.now() - t);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+    })();
+    try {
+      const r = await ctl(['apply', '-'], many);
+      assert.equal(r.code, 0, r.err);
+      // Until the controller has given the last one its address (each is a few statements).
+      const deadline = Date.now() + 60_000;
+      for (;;) {
+        const list = JSON.parse((await ctl(['get', 'service', '-o', 'json'])).out) as { items: { status?: { addresses?: unknown[] } }[] };
+        if (list.items.length === 401 && list.items.every((s) => s.status?.addresses?.length)) break;
+        assert.ok(Date.now() < deadline, 'every Service got its address within a minute');
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+    } finally {
+      applying = false;
+      await probe;
+    }
+    assert.ok(latencies.length >= 10, `${latencies.length} requests during the apply`);
+    const worst = Math.max(...latencies);
+    assert.ok(worst < 1000, `the slowest request during the apply took ${worst.toFixed(0)} ms`);
+  });
+});
