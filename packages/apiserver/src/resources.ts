@@ -249,7 +249,13 @@ export class ResourceService {
    * policy allows every single write.
    */
   async apply(inputs: readonly unknown[], opts: { dryRun?: boolean; prune?: boolean; authorize: Authorize }): Promise<ApplyResult[]> {
-    const prepared = inputs.map((input, index) => ({ ...this.prepare(input, index), index }));
+    // Validation (schema, CEL compilation) takes ~0.3 ms a resource on the event loop that also
+    // serves the proxy: a turn for everyone else every 100 resources, not one 2,000-resource block.
+    const prepared: (Prepared & { index: number })[] = [];
+    for (const [index, input] of inputs.entries()) {
+      if (index > 0 && index % 100 === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      prepared.push({ ...this.prepare(input, index), index });
+    }
     const issues: Issue[] = prepared.flatMap((p) => p.issues);
     const seen = new Map<string, number>();
     for (const p of prepared) {
