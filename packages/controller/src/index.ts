@@ -36,7 +36,12 @@ export class Controller {
       if (ev.type === 'RESYNC') return this.enqueue(() => this.reconcileAll());
       if (ev.resource.kind === 'Service') {
         if (ev.type === 'DELETED') this.enqueue(() => this.opts.store.releaseAddresses(ev.resource.metadata.uid!));
-        else this.enqueue(() => this.ensureServiceAddress(ev.resource.metadata.name));
+        // A change to a Service that has its address already (the controller's own status write
+        // among them) needs no statements: addresses are only written after their allocation, and
+        // released only with the Service. Start-up and a resync still check every Service.
+        else if (ev.type !== 'MODIFIED' || !(ev.resource.status as { addresses?: Addresses } | undefined)?.addresses?.length) {
+          this.enqueue(() => this.ensureServiceAddress(ev.resource.metadata.name));
+        }
       }
       if (ev.resource.kind === 'Session' && ev.type === 'DELETED') this.enqueue(() => this.opts.store.releaseAddresses(ev.resource.metadata.uid!));
     });
