@@ -6,10 +6,10 @@
  *      external-authorization design of Pomerium, Oathkeeper and Envoy Gateway's ext-auth;
  *  ours: posternd's public listener (plaintext, as behind a TLS-terminating balancer) with
  *      bearer-token identity, a 3-condition CEL policy and header injection.
- * Also: p99 added latency over (a) at half our peak rate (an open-loop generator; (b) at the
- * same rate beside it), the cost
- * of one policy decision, and our rate with 1,000 more Services and 1,000 Policies against a
- * one-Service process, measured in turns.
+ * Also: this machine's own stalls (a busy loop, before any load); p99 added latency over (a) at
+ * half our peak rate (an open-loop generator; (b) at the same rate beside it); the cost of one
+ * policy decision; and our rate with and without 1,000 more Services and 1,000 Policies, in one
+ * process, measured in turns.
  * nginx runs one worker and posternd is one Node process, so each proxy gets one core; one more row
  * runs posternd with its public listener in two worker processes (`--proxy-workers 2`).
  * Every load run is bounded in time; everything started is stopped.
