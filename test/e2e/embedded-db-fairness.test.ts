@@ -1,9 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { RecordingUpstream, runBin, send, spawnPosternd, type RunningPosternd } from '../harness/index.js';
+import { RecordingUpstream, send, startLoggedIn, type LoggedInPosternd } from '../harness/index.js';
 
 const domain = 'fair.test';
 
@@ -14,38 +11,25 @@ const domain = 'fair.test';
  * the controller's statements ran back to back and a request waited for all of them (seconds).
  */
 describe('embedded database: the proxy keeps answering while the control plane is busy', () => {
-  let dir: string;
-  let d: RunningPosternd;
+  let c: LoggedInPosternd;
   let up: RecordingUpstream;
-  let ca = '';
   let token = '';
-  let port = 0;
-  const as = { env: { POSTERN_CONFIG_DIR: '' }, cwd: '' };
-  const ctl = (args: string[], stdin?: string) => runBin('posternctl', ['--domain', domain, ...args], { ...as, ...(stdin !== undefined ? { stdin } : {}) });
-  const get = () => send({ port, path: '/items', headers: { authorization: `Bearer ${token}` }, tls: { host: `api.${domain}`, ca } });
+  const get = () => send({ port: c.port, path: '/items', headers: { authorization: `Bearer ${token}` }, tls: { host: `api.${domain}`, ca: c.ca } });
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'postern-fair-'));
-    as.cwd = dir;
-    as.env.POSTERN_CONFIG_DIR = join(dir, 'home');
     up = await RecordingUpstream.start(0, 'api');
-    d = await spawnPosternd(['up', '--domain', domain, '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0'], { cwd: dir });
-    port = Number(d.publicAddress!.split(':').at(-1));
-    const login = await runBin('postern', ['login', '--domain', domain, '--api', d.address, '--auth-token', d.rootToken!], as);
-    assert.equal(login.code, 0, login.err);
-    ca = (JSON.parse(readFileSync(join(dir, 'home', 'sessions', `${domain}.json`), 'utf8')) as { ca: string }).ca;
-    const r = await ctl(
+    c = await startLoggedIn(domain);
+    const r = await c.ctl(
       ['apply', '-'],
       `kind: User\nmetadata: {name: dana}\nspec: {type: HUMAN}\n---\nkind: Service\nmetadata: {name: api}\nspec:\n  isPublic: true\n  config: {upstream: {url: "http://127.0.0.1:${up.port}"}}\n  authorization: {inlinePolicies: [{spec: {rules: [{effect: ALLOW, condition: {match: 'ctx.user.metadata.name == "dana"'}}]}}]}\n`,
     );
     assert.equal(r.code, 0, r.err);
-    token = (await ctl(['create', 'credential', '--user', 'dana', '--type', 'access-token'])).out.trim();
+    token = (await c.ctl(['create', 'credential', '--user', 'dana', '--type', 'access-token'])).out.trim();
   });
 
   after(async () => {
-    await d?.stop();
+    await c?.stop();
     await up?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('answers requests within a second while 400 Services are applied and get their addresses', async () => {
@@ -64,12 +48,12 @@ describe('embedded database: the proxy keeps answering while the control plane i
       }
     })();
     try {
-      const r = await ctl(['apply', '-'], many);
+      const r = await c.ctl(['apply', '-'], many);
       assert.equal(r.code, 0, r.err);
       // Until the controller has given the last one its address (each is a few statements).
       const deadline = Date.now() + 60_000;
       for (;;) {
-        const list = JSON.parse((await ctl(['get', 'service', '-o', 'json'])).out) as { items: { status?: { addresses?: unknown[] } }[] };
+        const list = JSON.parse((await c.ctl(['get', 'service', '-o', 'json'])).out) as { items: { status?: { addresses?: unknown[] } }[] };
         if (list.items.length === 401 && list.items.every((s) => s.status?.addresses?.length)) break;
         assert.ok(Date.now() < deadline, 'every Service got its address within a minute');
         await new Promise((resolve) => setTimeout(resolve, 100));

@@ -1,10 +1,8 @@
 import assert from 'node:assert/strict';
-import { readFileSync, mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
-import { RecordingUpstream, runBin, send, spawnPosternd, type RunningPosternd } from '../harness/index.js';
+import { RecordingUpstream, send, startLoggedIn, type LoggedInPosternd, type RunningPosternd } from '../harness/index.js';
 
 const domain = 'workers.test';
 
@@ -14,15 +12,12 @@ const domain = 'workers.test';
  * primary, one rate limit across both, revocation reaching both at once, a killed worker replaced.
  */
 describe('proxy workers: the public listener in several processes', () => {
-  let dir: string;
+  let c: LoggedInPosternd;
   let d: RunningPosternd;
   let up: RecordingUpstream;
-  let ca = '';
   let token = '';
-  let port = 0;
-  const as = { env: { POSTERN_CONFIG_DIR: '', POSTERN_DOMAIN: '' }, cwd: '' };
-  const ctl = (args: string[], stdin?: string) => runBin('posternctl', ['--domain', domain, ...args], { ...as, ...(stdin !== undefined ? { stdin } : {}) });
-  const get = (svc: string) => send({ port, path: '/items', headers: { authorization: `Bearer ${token}` }, tls: { host: `${svc}.${domain}`, ca } });
+  const ctl = (args: string[], stdin?: string) => c.ctl(args, stdin);
+  const get = (svc: string) => send({ port: c.port, path: '/items', headers: { authorization: `Bearer ${token}` }, tls: { host: `${svc}.${domain}`, ca: c.ca } });
   /** The pids holding connections to the upstream: each proxy process keeps its own keep-alive pool. */
   const upstreamClients = () => {
     const out = spawnSync('ss', ['-tnpH', 'state', 'established', 'dst', `127.0.0.1:${up.port}`], { encoding: 'utf8' }).stdout;
@@ -44,15 +39,9 @@ describe('proxy workers: the public listener in several processes', () => {
       });
 
   before(async () => {
-    dir = mkdtempSync(join(tmpdir(), 'postern-workers-'));
-    as.cwd = dir;
-    as.env.POSTERN_CONFIG_DIR = join(dir, 'home');
     up = await RecordingUpstream.start(0, 'inventory');
-    d = await spawnPosternd(['up', '--domain', domain, '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0', '--proxy-workers', '2'], { cwd: dir });
-    port = Number(d.publicAddress!.split(':').at(-1));
-    const login = await runBin('postern', ['login', '--domain', domain, '--api', d.address, '--auth-token', d.rootToken!], as);
-    assert.equal(login.code, 0, login.err);
-    ca = (JSON.parse(readFileSync(join(dir, 'home', 'sessions', `${domain}.json`), 'utf8')) as { ca: string }).ca;
+    c = await startLoggedIn(domain, ['--proxy-workers', '2']);
+    d = c.d;
     const svc = (name: string, extra = '') =>
       `kind: Service\nmetadata: {name: ${name}}\nspec:\n  isPublic: true\n  config:\n    upstream: {url: "http://127.0.0.1:${up.port}"}\n${extra}  authorization: {inlinePolicies: [{spec: {rules: [{effect: ALLOW, condition: {match: 'ctx.user.metadata.name == "dana"'}}]}}]}`;
     const r = await ctl(['apply', '-'], ['kind: User\nmetadata: {name: dana}\nspec: {type: HUMAN}', svc('api'), svc('limited', '    http:\n      plugins:\n        - {name: five, rateLimit: {limit: 5, window: {minutes: 1}, key: {perUser: true}}}\n')].join('\n---\n'));
@@ -62,10 +51,9 @@ describe('proxy workers: the public listener in several processes', () => {
 
   after(async () => {
     const workers = d ? workerPids() : [];
-    await d?.stop();
+    await c?.stop();
     for (const pid of workers) assert.throws(() => process.kill(pid, 0), 'no worker outlives posternd');
     await up?.stop();
-    rmSync(dir, { recursive: true, force: true });
   });
 
   it('starts two workers that share the port and serve HTTPS with the cluster CA\'s certificates', async () => {

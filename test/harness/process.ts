@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, mkdtempSync, openSync, readFileSync, readSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 const repo = join(import.meta.dirname, '../../..');
@@ -110,4 +111,50 @@ export function runBin(name: 'postern' | 'posternctl', args: string[], opts: { c
     proc.stdin.end(opts.stdin ?? '');
     proc.once('exit', (code) => resolve({ code, out, err }));
   });
+}
+
+/** A posternd of its own folder, logged in to as root (`startLoggedIn`). */
+export interface LoggedInPosternd {
+  dir: string;
+  d: RunningPosternd;
+  /** The public listener's port. */
+  port: number;
+  /** The cluster CA that `postern login` pinned. */
+  ca: string;
+  /** `posternctl` as root. */
+  ctl(args: string[], stdin?: string): Promise<{ code: number | null; out: string; err: string }>;
+  /** Stops posternd and removes the folder. */
+  stop(): Promise<void>;
+}
+
+/**
+ * `posternd up` in a fresh folder with its API and public listener on loopback (and `args`),
+ * logged in to as root with the token it printed, as the README's first session does.
+ */
+export async function startLoggedIn(domain: string, args: string[] = []): Promise<LoggedInPosternd> {
+  const dir = mkdtempSync(join(tmpdir(), `postern-${domain.split('.')[0]}-`));
+  const as = { cwd: dir, env: { POSTERN_CONFIG_DIR: join(dir, 'home'), POSTERN_DOMAIN: '' } };
+  let d: RunningPosternd | undefined;
+  try {
+    d = await spawnPosternd(['up', '--domain', domain, '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0', ...args], { cwd: dir });
+    const login = await runBin('postern', ['login', '--domain', domain, '--api', d.address, '--auth-token', d.rootToken!], as);
+    if (login.code !== 0) throw new Error(`postern login failed: ${login.err}`);
+    const ca = (JSON.parse(readFileSync(join(dir, 'home', 'sessions', `${domain}.json`), 'utf8')) as { ca: string }).ca;
+    const running = d;
+    return {
+      dir,
+      d,
+      port: Number(d.publicAddress!.split(':').at(-1)),
+      ca,
+      ctl: (a, stdin) => runBin('posternctl', ['--domain', domain, ...a], { ...as, ...(stdin !== undefined ? { stdin } : {}) }),
+      stop: async () => {
+        await running.stop();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  } catch (err) {
+    await d?.stop();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
 }
