@@ -50,13 +50,14 @@ describe('embedded database: the proxy keeps answering while the control plane i
     try {
       const r = await c.ctl(['apply', '-'], many);
       assert.equal(r.code, 0, r.err);
-      // Until the controller has given the last one its address (each is a few statements).
+      // Until the controller has given the last one its address (each is a few statements);
+      // asked twice a second: each ask is a posternctl process, and tests run beside this one.
       const deadline = Date.now() + 60_000;
       for (;;) {
         const list = JSON.parse((await c.ctl(['get', 'service', '-o', 'json'])).out) as { items: { status?: { addresses?: unknown[] } }[] };
         if (list.items.length === 401 && list.items.every((s) => s.status?.addresses?.length)) break;
         assert.ok(Date.now() < deadline, 'every Service got its address within a minute');
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        await new Promise((resolve) => setTimeout(resolve, 500));
       }
     } finally {
       applying = false;
