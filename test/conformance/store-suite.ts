@@ -245,6 +245,41 @@ export function storeConformance(name: string, make: () => Promise<StoreUnderTes
       await expectCode(store.allocateAddress('small', 'e', small), 'ERR_IN_USE');
     });
 
+    it('allocates addresses for many owners at once: the same next fit, beside single allocations and concurrent batches', async () => {
+      const range = { first: 1, last: 3000, reserved: [53] };
+      const one = await store.allocateAddress('batch-pool', 'single-0', range);
+      const owners = Array.from({ length: 1200 }, (_, i) => `batch-${i}`);
+      const got = await store.allocateAddresses('batch-pool', [...owners, 'single-0', 'batch-3'], range);
+      assert.equal(got.size, 1201, 'one entry per owner, duplicates once');
+      assert.equal(got.get('single-0'), one, 'an owner that holds an address keeps it');
+      const offsets = owners.map((o) => got.get(o)!);
+      assert.equal(new Set([...offsets, one]).size, 1201, 'every owner got its own address');
+      assert.ok(!offsets.includes(53), 'the reserved offset is skipped');
+      // Next fit: the batch continues after the single allocation, in order, skipping offset 53.
+      assert.deepEqual(offsets.slice(0, 3), [one + 1, one + 2, one + 3]);
+      assert.equal(Math.max(...offsets), one + 1201, 'the window reads past the first 1,024 offsets');
+      assert.equal(await store.allocateAddress('batch-pool', 'after', range), one + 1202, 'the cursor moved to the last offset handed out');
+      // Two batches at once (and a single allocation among them): no offset given twice.
+      const a = Array.from({ length: 300 }, (_, i) => `race-a-${i}`);
+      const b = Array.from({ length: 300 }, (_, i) => `race-b-${i}`);
+      const [ga, gb, gs] = await Promise.all([
+        store.allocateAddresses('batch-pool', a, range),
+        store.allocateAddresses('batch-pool', b, range),
+        store.allocateAddress('batch-pool', 'race-single', range),
+      ]);
+      const all = [...ga.values(), ...gb.values(), gs];
+      assert.equal(all.length, 601);
+      assert.equal(new Set(all).size, 601, 'concurrent batches never share an offset');
+      // A pool too small for the batch: ERR_IN_USE naming the shortfall; what was free stays free.
+      const small = { first: 1, last: 4, reserved: [2] };
+      await store.allocateAddress('batch-small', 'x', small);
+      await expectCode(store.allocateAddresses('batch-small', ['y', 'z', 'w'], small), 'ERR_IN_USE');
+      assert.deepEqual([...(await store.allocateAddresses('batch-small', ['y', 'z'], small)).values()], [3, 4]);
+      // Past the top, the lowest freed offsets are reused.
+      await store.releaseAddresses('x');
+      assert.deepEqual([...(await store.allocateAddresses('batch-small', ['v'], small)).values()], [1]);
+    });
+
     it('keeps internal data apart from resources', async () => {
       assert.equal(await store.getInternal('k'), undefined);
       assert.deepEqual(await store.putInternal('k', { a: 1 }, { onlyIfAbsent: true }), { a: 1 });

@@ -405,6 +405,76 @@ export class SqlStore implements ResourceStore {
     });
   }
 
+  async allocateAddresses(pool: string, owners: readonly string[], range: { first: number; last: number; reserved: readonly number[] }): Promise<Map<string, number>> {
+    return this.run(async () => {
+      const got = new Map<string, number>();
+      const wanted = [...new Set(owners)];
+      if (range.reserved.length) {
+        await this.driver.query(
+          `INSERT INTO postern_addresses (pool, address_offset, owner) SELECT $1, r, '(reserved:' || $1 || ':' || r || ')' FROM unnest($2::int[]) r ON CONFLICT DO NOTHING`,
+          [pool, [...range.reserved]],
+        );
+      }
+      for (let attempt = 0; attempt < 20; attempt++) {
+        const held = await this.driver.query<{ owner: string; o: number }>(
+          'SELECT owner, address_offset AS o FROM postern_addresses WHERE pool = $1 AND owner = ANY($2::text[])',
+          [pool, wanted.filter((o) => !got.has(o))],
+        );
+        for (const h of held) got.set(h.owner, Number(h.o));
+        const missing = wanted.filter((o) => !got.has(o));
+        if (missing.length === 0) return got;
+        // The same next fit as allocateAddress: free offsets from the one after the cursor, then
+        // from the start of the range; found a window of offsets at a time (an index range scan).
+        const [cursor] = await this.driver.query<{ o: number }>('SELECT last_offset AS o FROM postern_address_cursors WHERE pool = $1', [pool]);
+        const after = cursor ? Number(cursor.o) + 1 : range.first;
+        const from = after >= range.first && after <= range.last ? after : range.first;
+        const free = [
+          ...(await this.freeOffsets(pool, from, range.last, missing.length)),
+          ...(from > range.first ? await this.freeOffsets(pool, range.first, from - 1, missing.length) : []),
+        ].slice(0, missing.length);
+        if (free.length < missing.length) {
+          throw new PosternError('ERR_IN_USE', `the ${pool} address pool is full: ${free.length} free, ${missing.length} needed`);
+        }
+        // Another allocator may take some of these first (or give one of these owners its
+        // address): the primary key and the owner's uniqueness decide, the rest try again.
+        const taken = await this.driver.query<{ owner: string; o: number }>(
+          `INSERT INTO postern_addresses (pool, address_offset, owner) SELECT $1, o, w FROM unnest($2::int[], $3::text[]) AS t(o, w)
+           ON CONFLICT DO NOTHING RETURNING owner, address_offset AS o`,
+          [pool, free, missing],
+        );
+        for (const t of taken) got.set(t.owner, Number(t.o));
+        if (taken.length) {
+          const offsets = taken.map((t) => Number(t.o));
+          const wrapped = offsets.filter((o) => o < from);
+          const last = Math.max(...(wrapped.length ? wrapped : offsets));
+          await this.driver.query(
+            `INSERT INTO postern_address_cursors (pool, last_offset) VALUES ($1, $2)
+             ON CONFLICT (pool) DO UPDATE SET last_offset = CASE WHEN $3::boolean THEN EXCLUDED.last_offset
+                                                                  ELSE GREATEST(postern_address_cursors.last_offset, EXCLUDED.last_offset) END`,
+            [pool, last, wrapped.length > 0],
+          );
+        }
+      }
+      throw new PosternError('ERR_CONFLICT', `could not allocate ${pool} addresses after 20 attempts; retry`);
+    });
+  }
+
+  /** Up to `n` free offsets in [first, last], lowest first, read a window of the range at a time. */
+  private async freeOffsets(pool: string, first: number, last: number, n: number): Promise<number[]> {
+    const free: number[] = [];
+    const size = n + 1024;
+    for (let start = first; start <= last && free.length < n; start += size) {
+      const end = Math.min(last, start + size - 1);
+      const used = await this.driver.query<{ o: number }>(
+        'SELECT address_offset AS o FROM postern_addresses WHERE pool = $1 AND address_offset BETWEEN $2 AND $3',
+        [pool, start, end],
+      );
+      const taken = new Set(used.map((u) => Number(u.o)));
+      for (let o = start; o <= end && free.length < n; o++) if (!taken.has(o)) free.push(o);
+    }
+    return free;
+  }
+
   /**
    * Tries to take the lowest free offset in [first, last] for owner: `first` itself, or the one
    * after an allocated offset whose successor is free (index lookups over the allocated rows, not a

@@ -75,6 +75,12 @@ export interface ResourceStore {
    * `reserved` are never handed out; ERR_IN_USE when the pool is full.
    */
   allocateAddress(pool: string, owner: string, range: { first: number; last: number; reserved: readonly number[] }): Promise<number>;
+  /**
+   * `allocateAddress` for many owners at once, in a few statements whatever their number: each
+   * owner's offset, by owner. ERR_IN_USE when the pool cannot hold every owner still without one
+   * (`allocateAddress`, one owner at a time, fills what is left).
+   */
+  allocateAddresses(pool: string, owners: readonly string[], range: { first: number; last: number; reserved: readonly number[] }): Promise<Map<string, number>>;
   /** Frees every address `owner` holds (all pools). */
   releaseAddresses(owner: string): Promise<void>;
   /** Internal key/value data that is not a resource (signing keys, cluster identity). Never served by the API. */
