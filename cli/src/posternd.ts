@@ -42,6 +42,8 @@ function nextSteps(domain: string, address: string, token: string | undefined, f
   return lines.join('\n');
 }
 
+const shutdownLimitMs = 20_000;
+
 /** `posternd`: runs the server components (all in one process with `up`, or one alone). */
 function workerCount(value: string): number {
   if (value === 'auto') return availableParallelism();
@@ -62,12 +64,26 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
     c
       .option('--data <dir>', 'embedded database folder (default: ./.postern)')
       .option('--database <url>', 'a postgres:// URL instead of the embedded database (or $POSTERN_DATABASE_URL)');
+  // Runs until SIGINT or SIGTERM, then stops every component. A stop that fails or takes longer
+  // than shutdownLimitMs is an exit code of 1 with the reason (the log names a component that is
+  // slow to stop); a second signal meanwhile ends the process at once (the default action).
   const until = (stop: () => Promise<void>) =>
-    new Promise<void>((done) => {
+    new Promise<void>((done, fail) => {
       const shutdown = () => {
         process.off('SIGINT', shutdown);
         process.off('SIGTERM', shutdown);
-        void stop().then(done);
+        const limit = setTimeout(() => fail(new PosternError('ERR_INTERNAL', `posternd did not finish stopping within ${shutdownLimitMs / 1000} s; exiting anyway`)), shutdownLimitMs);
+        limit.unref();
+        stop().then(
+          () => {
+            clearTimeout(limit);
+            done();
+          },
+          (err: unknown) => {
+            clearTimeout(limit);
+            fail(err);
+          },
+        );
       };
       process.on('SIGINT', shutdown);
       process.on('SIGTERM', shutdown);

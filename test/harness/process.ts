@@ -41,6 +41,8 @@ export async function spawnPosternd(
   if (logFd !== undefined) closeSync(logFd);
   let stdout = '';
   let piped = '';
+  /** What the harness itself saw (how the process ended), after the log's tail. */
+  let notes = '';
   // Keep the tail only: a busy proxy logs a line per request.
   proc.stderr?.on('data', (d: Buffer) => (piped = (piped + d.toString()).slice(-65_536)));
   // The last 64 KiB of the log file, read from its end (a benchmark's log runs to gigabytes).
@@ -84,13 +86,19 @@ export async function spawnPosternd(
     rootToken: token,
     caFingerprint: fp,
     stdout,
-    logs: tail,
+    logs: () => tail() + notes,
+    // posternd gives itself 20 s to stop; past 25 s it is killed, and its log says so.
     stop: () =>
       new Promise((resolve) => {
         if (proc.exitCode !== null) return resolve(proc.exitCode);
-        const kill = setTimeout(() => proc.kill('SIGKILL'), 10_000);
-        proc.once('exit', (code) => {
+        let killed = false;
+        const kill = setTimeout(() => {
+          killed = true;
+          proc.kill('SIGKILL');
+        }, 25_000);
+        proc.once('exit', (code, signal) => {
           clearTimeout(kill);
+          if (code === null) notes += `\n(test harness: posternd ended by ${signal}${killed ? ', sent 25 s after SIGTERM' : ''})\n`;
           resolve(code);
         });
         proc.kill('SIGTERM');

@@ -7,6 +7,7 @@ import { Proxy, UpstreamPools } from '@postern/proxy';
 import { ResourceCache, openStore, type SqlStore } from '@postern/store';
 import { createSecureContext } from 'node:tls';
 import type { Logger } from 'pino';
+import { closeInOrder, type Cleanup } from './close.js';
 import { posterndLogger } from './log.js';
 import { ensureClusterInfo, initCluster } from './init.js';
 import { GatewayHost, type GatewayOptions } from './gateway.js';
@@ -119,10 +120,8 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     unlock?.();
     throw err;
   }
-  const cleanups: (() => Promise<void> | void)[] = [...cleanups0, () => unlock?.(), () => store.close()];
-  const closeAll = async () => {
-    for (const c of cleanups.reverse()) await c();
-  };
+  const cleanups: Cleanup[] = [...cleanups0.map((fn): Cleanup => ['the log', fn]), ['the data folder lock', () => unlock?.()], ['the store', () => store.close()]];
+  const closeAll = () => closeInOrder(cleanups.reverse(), logger);
   try {
     let info = await ensureClusterInfo(store);
     let rootToken: string | undefined;
@@ -136,7 +135,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     let keys = await ensureSigningKeys(store, now());
     const cache = new ResourceCache(store, apiCacheKinds, (msg, err) => logger.warn({ err }, msg));
     await cache.start();
-    cleanups.push(() => cache.close());
+    cleanups.push(['the resource cache', () => cache.close()]);
     const auth = new AuthServer(store, cache, keys, now);
     // Rotate signing keys on schedule; every replica picks up the new ring.
     const keyTimer = setInterval(() => {
@@ -152,7 +151,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
         .catch((err: unknown) => logger.warn({ err }, 'signing key check failed; will retry'));
     }, keyCheckMs);
     keyTimer.unref();
-    cleanups.push(() => clearInterval(keyTimer));
+    cleanups.push(['the signing-key timer', () => clearInterval(keyTimer)]);
     const listen = opts.listen ?? '127.0.0.1:8443';
     const host = listen.slice(0, listen.lastIndexOf(':')).replace(/^\[|\]$/g, '');
     const tls = opts.insecure ? undefined : await clusterTls(store, info.domain, [`api.${info.domain}`, 'localhost', '127.0.0.1', '::1', ...(host && host !== '0.0.0.0' && host !== '::' ? [host] : []), ...(opts.certNames ?? [])], now());
@@ -165,11 +164,11 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
     const ipv6Prefix = info.ipv6Prefix!;
     const controller = new Controller({ store, cache, ipv6Prefix, now, log: (level, msg, fields) => logger[level](fields ?? {}, msg) });
     await controller.start();
-    cleanups.push(() => controller.close());
+    cleanups.push(['the controller', () => controller.close()]);
     const api = new ApiServer({ store, cache, auth, domain: info.domain, logger, now, ipv6Prefix, ...(tls ? { tls: { key: tls.key, cert: tls.cert } } : {}), ...(proxy ? { proxy: proxy.core } : {}) });
-    if (proxy) cleanups.push(() => proxy!.close());
+    if (proxy) cleanups.push(['the proxy', () => proxy!.close()]);
     const port = await api.listen(listen);
-    cleanups.push(() => api.close());
+    cleanups.push(['the API', () => api.close()]);
     if (proxy) {
       const pub = opts.publicListen ?? '127.0.0.1:8444';
       const publicAt = pub === 'off' ? undefined : splitListen(pub);
@@ -186,7 +185,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
           ...(opts.upstreamTimeoutMs ? { upstreamTimeoutMs: opts.upstreamTimeoutMs } : {}),
           logger,
         });
-        cleanups.push(() => workers!.close());
+        cleanups.push(['the proxy workers', () => workers!.close()]);
         await workers.start();
       }
       if (publicAt) {
@@ -208,7 +207,7 @@ export async function startCluster(opts: ClusterOptions): Promise<RunningCluster
       gateway = new GatewayHost({ store, cache, listeners: workers ?? proxy, domain: info.domain, ipv6Prefix, dataDir: dataDir ?? resolve('.postern'), logger: logger.child({ component: 'gateway' }) }, opts.gateway);
       await gateway.start();
       // The interface stays when posternd stops: a restart reconciles it without dropping tunnels.
-      cleanups.push(() => gateway!.close());
+      cleanups.push(['the gateway', () => gateway!.close()]);
     }
     logger.info({ domain: info.domain, address: `${host}:${port}`, public: publicAddress, gateway: opts.gateway?.name, database: store.driver.description, tls: !!tls }, 'posternd is up');
     return {
