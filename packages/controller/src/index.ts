@@ -33,7 +33,9 @@ export class Controller {
   private unsubscribe: (() => void) | undefined;
   private timer: NodeJS.Timeout | undefined;
   private queue = Promise.resolve();
+  /** Services waiting for their address, and whether a step to give them is queued. */
   private readonly pending = new Set<string>();
+  private draining = false;
   private readonly now: () => Date;
 
   constructor(private readonly opts: ControllerOptions) {
@@ -77,14 +79,22 @@ export class Controller {
    * thousand applied at once cost a few statements per hundred, not a dozen each.
    */
   private needAddress(name: string): void {
-    const first = this.pending.size === 0;
     this.pending.add(name);
-    if (!first) return;
+    if (this.draining) return;
+    this.draining = true;
     this.enqueue(async () => {
-      while (this.pending.size) {
-        const names = [...this.pending].slice(0, batchSize);
-        for (const n of names) this.pending.delete(n);
-        await this.ensureServiceAddresses(names);
+      try {
+        while (this.pending.size) {
+          const names = [...this.pending].slice(0, batchSize);
+          for (const n of names) this.pending.delete(n);
+          await this.ensureServiceAddresses(names).catch((err: unknown) => {
+            // Logged by enqueue; these Services go with the next change (or a resync).
+            for (const n of names) this.pending.add(n);
+            throw err;
+          });
+        }
+      } finally {
+        this.draining = false;
       }
     });
   }
