@@ -42,6 +42,7 @@ function nextSteps(domain: string, address: string, token: string | undefined, f
   return lines.join('\n');
 }
 
+/** How long posternd may take to stop (SIGINT, SIGTERM) before it exits anyway. */
 const shutdownLimitMs = 20_000;
 
 /** `posternd`: runs the server components (all in one process with `up`, or one alone). */

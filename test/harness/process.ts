@@ -90,7 +90,7 @@ export async function spawnPosternd(
     // posternd gives itself 20 s to stop; past 25 s it is killed, and its log says so.
     stop: () =>
       new Promise((resolve) => {
-        if (proc.exitCode !== null) return resolve(proc.exitCode);
+        if (proc.exitCode !== null || proc.signalCode !== null) return resolve(proc.exitCode);
         let killed = false;
         const kill = setTimeout(() => {
           killed = true;

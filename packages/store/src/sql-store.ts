@@ -428,10 +428,8 @@ export class SqlStore implements ResourceStore {
         const [cursor] = await this.driver.query<{ o: number }>('SELECT last_offset AS o FROM postern_address_cursors WHERE pool = $1', [pool]);
         const after = cursor ? Number(cursor.o) + 1 : range.first;
         const from = after >= range.first && after <= range.last ? after : range.first;
-        const free = [
-          ...(await this.freeOffsets(pool, from, range.last, missing.length)),
-          ...(from > range.first ? await this.freeOffsets(pool, range.first, from - 1, missing.length) : []),
-        ].slice(0, missing.length);
+        const free = await this.freeOffsets(pool, from, range.last, missing.length);
+        if (free.length < missing.length && from > range.first) free.push(...(await this.freeOffsets(pool, range.first, from - 1, missing.length - free.length)));
         if (free.length < missing.length) {
           throw new PosternError('ERR_IN_USE', `the ${pool} address pool is full: ${free.length} free, ${missing.length} needed`);
         }
