@@ -51,7 +51,8 @@ async function wrk(url: string, headers: Record<string, string> = {}): Promise<{
 }
 
 /** The middle one of three measurements. */
-const median3 = (xs: number[]): number => [...xs].sort((a, b) => a - b)[1]!;
+/** The middle value of an odd number of runs. */
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 
 /** p99 latency at a fixed rate, from the open-loop generator in its own process, in ms. */
 async function fixedRateP99(url: string, rate: number, headers: Record<string, string> = {}): Promise<number> {
@@ -286,7 +287,7 @@ http {
         nginxPass.push(await fixedRateP99(`http://127.0.0.1:${pPass}/api/items`, rate));
         mine.push(await fixedRateP99(ours, rate, bearer));
       }
-      const [r, b, o] = [median3(ref), median3(nginxPass), median3(mine)];
+      const [r, b, o] = [median(ref), median(nginxPass), median(mine)];
       const list = (xs: number[]) => xs.map((x) => x.toFixed(1)).join(', ');
       const added = (x: number) => `${x - r >= 0 ? '+' : ''}${(x - r).toFixed(2)} ms`;
       return {
@@ -312,8 +313,8 @@ http {
     writeFileSync(file, encodeYaml(more));
     // One fresh posternd, measured in turns with and without the 1,000 more: applied, taken away
     // again (`apply --prune` of the bench's own resources and one of the Policies, which keeps the
-    // rest of that file's kinds out), applied again; three runs each, the order alternating, and
-    // the medians compared. Two processes side by side differed by up to 20% with the same
+    // rest of that file's kinds out), applied again, and so on; five runs each, and the medians
+    // compared. Two processes side by side differed by up to 20% with the same
     // configuration (one was steadily slower: its place on the two cores, not its work), and one
     // process before and after, minutes apart, moved by ±15% on its own: both more than the target.
     const back = join(dir, 'back.yaml');
@@ -325,20 +326,28 @@ http {
         await many.ctl(args);
         await settled(many.d.proc.pid!);
       };
-      const one = [await measure()];
-      await change(['apply', file]);
-      const loaded = [await measure(), await measure()];
-      await change(['apply', '--prune', back]);
-      const services = (JSON.parse(await many.ctl(['get', 'service', '-o', 'json'])) as { items: unknown[] }).items;
-      if (services.length !== 1) throw new Error(`apply --prune left ${services.length} Services, not 1`);
-      one.push(await measure(), await measure());
-      await change(['apply', file]);
-      loaded.push(await measure());
-      const [base, with1000] = [median3(one), median3(loaded)];
+      // Five runs each in the order A B B A A B B A A B (A: one Service, B: with the 1,000), so a
+      // drift of the machine over the two minutes weighs on both alike.
+      const runs = { one: [] as number[], loaded: [] as number[] };
+      let configured: keyof typeof runs = 'one';
+      for (const step of ['one', 'loaded', 'loaded', 'one', 'one', 'loaded', 'loaded', 'one', 'one', 'loaded'] as const) {
+        if (step !== configured) {
+          if (step === 'loaded') await change(['apply', file]);
+          else {
+            await change(['apply', '--prune', back]);
+            const services = (JSON.parse(await many.ctl(['get', 'service', '-o', 'json'])) as { items: unknown[] }).items;
+            if (services.length !== 1) throw new Error(`apply --prune left ${services.length} Services, not 1`);
+          }
+          configured = step;
+        }
+        runs[step].push(await measure());
+      }
+      const { one, loaded } = runs;
+      const [base, with1000] = [median(one), median(loaded)];
       const drop = 1 - with1000 / base;
       const list = (xs: number[]) => xs.map((x) => Math.round(x).toLocaleString('en')).join(', ');
       rows.push({
-        name: 'requests/s of one Service with 1,000 more Services and 1,000 Policies configured (one process, in turns with and without them; median of 3 runs each)',
+        name: 'requests/s of one Service with 1,000 more Services and 1,000 Policies configured (one process, in turns with and without them; median of 5 runs each)',
         ours: `${rate({ rps: with1000 })} (runs: ${list(loaded)})`,
         reference: `${rate({ rps: base })} with 1 Service (runs: ${list(one)})`,
         ratio: `${Math.abs(drop * 100).toFixed(1)}% ${drop >= 0 ? 'drop' : 'gain'}`,
