@@ -210,7 +210,8 @@ export class ProxyWorkers {
         (w) =>
           new Promise<void>((resolve) => {
             if (w.isDead()) return resolve();
-            const kill = setTimeout(() => w.process.kill('SIGKILL'), 5000);
+            // A worker answers what it has in progress first (the proxy drains for up to 10 s).
+            const kill = setTimeout(() => w.process.kill('SIGKILL'), 12_000);
             w.once('exit', () => {
               clearTimeout(kill);
               resolve();

@@ -1,11 +1,15 @@
 import { randomUUID } from 'node:crypto';
 import type { Server, IncomingMessage, ServerResponse } from 'node:http';
-import { createServer as createH2cServer, createSecureServer } from 'node:http2';
+import { createServer as createH2cServer, createSecureServer, type Http2Session } from 'node:http2';
 import type { ServerOptions as HttpsOptions } from 'node:https';
 import type { Server as NetServer, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import { ProxyCore, type Entry, type ProxyCoreOptions } from './handler.js';
 import { createH1Server, defaultLimits } from './h1/server.js';
+
+/** How long a stopping proxy waits for the answers in progress before it cuts them. */
+const defaultDrainMs = 10_000;
 
 /** Slowloris and friends on Node's servers (HTTP/2 and TLS): how long headers and whole requests may take. */
 const serverOptions = { headersTimeout: defaultLimits.headersTimeoutMs, requestTimeout: defaultLimits.requestTimeoutMs };
@@ -17,6 +21,9 @@ const serverOptions = { headersTimeout: defaultLimits.headersTimeoutMs, requestT
 export class Proxy {
   readonly core: ProxyCore;
   private readonly servers = new Map<string, NetServer>();
+  /** How each listener asks its connections to finish (see close). */
+  private readonly drains = new Map<NetServer, (sockets: Set<Socket>) => void>();
+  private draining = false;
 
   constructor(opts: ProxyCoreOptions) {
     this.core = new ProxyCore(opts);
@@ -24,20 +31,53 @@ export class Proxy {
 
   /** The proxy's own HTTP/1.1 listener (`h1/`), for plaintext HTTP/1.1. */
   private h1(entry: Entry): NetServer {
-    return createH1Server({
+    const server = createH1Server({
       request: (req, res) => void this.core.handle(req, res, entry),
-      upgrade: (req, socket, head) => void this.core.upgrade(req, socket, head, entry),
+      upgrade: (req, socket, head) => void this.core.upgrade(req, this.upgrading(socket), head, entry),
       malformed: (reason) => {
         const rid = randomUUID();
         this.core.logMalformed(rid, reason);
         return rid;
       },
     });
+    this.drains.set(server, () => server.drain());
+    return server;
   }
 
-  private wire(server: Server, entry: Entry): Server {
-    server.on('request', (req: IncomingMessage, res: ServerResponse) => void this.core.handle(req, res, entry));
-    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.core.upgrade(req, socket, head, entry));
+  /**
+   * Node's servers (HTTP/2, and HTTP/1.1 on the TLS listener). `h2only`: an h2c listener, where
+   * every connection is an HTTP/2 session.
+   */
+  private wire(server: Server, entry: Entry, h2only = false): Server {
+    // What draining needs: the HTTP/2 sessions, and the HTTP/1.1 answers in progress.
+    const sessions = new Set<Http2Session>();
+    const answering = new Set<ServerResponse>();
+    server.on('session', (session: Http2Session) => {
+      sessions.add(session);
+      session.once('close', () => sessions.delete(session));
+    });
+    server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+      if (req.httpVersionMajor === 1) {
+        if (this.draining) res.shouldKeepAlive = false;
+        answering.add(res);
+        res.once('close', () => answering.delete(res));
+      }
+      void this.core.handle(req, res, entry);
+    });
+    this.drains.set(server as unknown as NetServer, (sockets) => {
+      for (const session of sessions) session.close(); // GOAWAY: open streams finish, no new ones
+      if (h2only) return;
+      const busy = new Set<Socket>();
+      for (const res of answering) {
+        busy.add(res.socket as Socket);
+        // Not yet answered: its head says `connection: close`, and Node closes after it.
+        if (!res.headersSent) res.shouldKeepAlive = false;
+        else res.once('finish', () => res.socket?.end());
+      }
+      // The TLS connections only: each also has its TCP socket in the set, which must be left to it.
+      for (const sock of sockets) if (sock instanceof TLSSocket && sock.alpnProtocol !== 'h2' && !busy.has(sock)) sock.end();
+    });
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.core.upgrade(req, this.upgrading(socket), head, entry));
     server.on('clientError', (err: NodeJS.ErrnoException, socket: Socket) => {
       // The parser refused the request (smuggling attempts end here): 400, logged, never forwarded.
       if (!socket.writable || err.code === 'ECONNRESET') return socket.destroy();
@@ -50,6 +90,14 @@ export class Proxy {
   }
 
   private readonly sockets = new Map<NetServer, Set<Socket>>();
+  /** Connections that left HTTP (WebSockets): a drain cannot wait for them. */
+  private readonly upgraded = new Set<Duplex>();
+
+  private upgrading<T extends Duplex>(socket: T): T {
+    this.upgraded.add(socket);
+    socket.once('close', () => this.upgraded.delete(socket));
+    return socket;
+  }
 
   private async bind(key: string, server: NetServer, host: string, port: number): Promise<number> {
     // Track connections so closing a listener ends HTTP/1.1 keep-alive and HTTP/2 sessions alike.
@@ -83,7 +131,7 @@ export class Proxy {
     await this.closeListener(key);
     const grpc = this.core.service(fullName)?.spec.mode === 'GRPC';
     const entry: Entry = { kind: 'service', service: fullName };
-    const server = grpc ? this.wire(createH2cServer({ maxSessionMemory: 64 }) as unknown as Server, entry) : this.h1(entry);
+    const server = grpc ? this.wire(createH2cServer({ maxSessionMemory: 64 }) as unknown as Server, entry, true) : this.h1(entry);
     return this.bind(key, server, host, port);
   }
 
@@ -122,8 +170,32 @@ export class Proxy {
     await this.closeListener(`service:${fullName}:${host}`);
   }
 
-  async close(): Promise<void> {
-    await Promise.all([...this.servers.keys()].map((k) => this.closeListener(k)));
+  /**
+   * Stops every listener: no new connections; requests in progress are answered (HTTP/1.1
+   * connections close after their answer, HTTP/2 sessions get GOAWAY) for up to `drainMs`, then
+   * whatever is still open is cut. WebSockets and other upgraded connections are cut at once.
+   */
+  async close(drainMs = defaultDrainMs): Promise<void> {
+    this.draining = true;
+    const servers = [...this.servers.values()];
+    this.servers.clear();
+    await Promise.all(
+      servers.map(
+        (s) =>
+          new Promise<void>((resolve) => {
+            const sockets = this.sockets.get(s) ?? new Set<Socket>();
+            const cut = setTimeout(() => {
+              for (const sock of sockets) sock.destroy();
+            }, drainMs);
+            s.close(() => {
+              clearTimeout(cut);
+              resolve();
+            });
+            for (const sock of this.upgraded) if (sockets.has(sock as Socket)) sock.destroy();
+            this.drains.get(s)?.(sockets);
+          }),
+      ),
+    );
     await this.core.close();
   }
 }

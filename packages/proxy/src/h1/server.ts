@@ -140,6 +140,11 @@ export class H1Response extends EventEmitter {
   private closeAfter: boolean;
   private ending = false;
 
+  /** No request after this one on the connection (the server is draining). */
+  closeAfterThis(): void {
+    this.closeAfter = true;
+  }
+
   constructor(
     private readonly req: H1Request,
     private readonly conn: Connection,
@@ -376,7 +381,7 @@ class Connection {
       this.handlers.upgrade(req, this.socket, rest ?? Buffer.alloc(0));
       return;
     }
-    const res = new H1Response(req, this, head.keepAlive && !this.clientEnded);
+    const res = new H1Response(req, this, head.keepAlive && !this.clientEnded && !this.draining);
     this.res = res;
     this.wantsContinue = head.expectContinue;
     if (head.body.kind === 'none') {
@@ -485,7 +490,7 @@ class Connection {
     this.res = undefined;
     this.decoder = undefined;
     this.wantsContinue = false;
-    if (close || this.clientEnded || !req?.complete) return this.endSoon();
+    if (close || this.clientEnded || this.draining || !req?.complete) return this.endSoon();
     this.phase = 'idle';
     this.deadline = Date.now() + this.limits.keepAliveTimeoutMs;
     if (this.bodyPaused) this.resumeBody();
@@ -518,6 +523,19 @@ class Connection {
     this.endSoon(`HTTP/1.1 ${err.status} ${STATUS_CODES[err.status]}\r\ncontent-type: text/plain\r\ncontent-length: ${body.length}\r\nx-postern-request-id: ${rid}\r\nconnection: close\r\n\r\n${body}`);
   }
 
+  /**
+   * The server is stopping: an idle connection ends now; a busy one after its answer, which
+   * says `connection: close` if its head is not out yet.
+   */
+  drain(): void {
+    if (this.closed || this.draining) return;
+    this.draining = true;
+    if (this.phase === 'idle' && !this.buf?.length) this.endSoon();
+    else this.res?.closeAfterThis();
+  }
+
+  private draining = false;
+
   /** The socket leaves HTTP (an upgrade). */
   private detach(): void {
     // An earlier pipelined answer still held goes first: the socket is the handler's from here on.
@@ -549,14 +567,23 @@ class Connection {
 /** Held answers go out at the end of this turn of the event loop, every connection's together. */
 const writeSoon = atEndOfTurn<Connection>((conn) => conn.flush());
 
+/** The proxy's HTTP/1.1 server. `drain()` ends its connections once their answers are out. */
+export type H1Server = Server & { drain(): void };
+
 /** A TCP server speaking HTTP/1.1 to `handlers`. Timeouts are checked once a second. */
-export function createH1Server(handlers: H1Handlers, limits: H1Limits = defaultLimits): Server {
+export function createH1Server(handlers: H1Handlers, limits: H1Limits = defaultLimits): H1Server {
   const connections = new Set<Connection>();
   const server = createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
     const conn = new Connection(socket, handlers, limits);
     connections.add(conn);
     socket.once('close', () => connections.delete(conn));
-  });
+    if (draining) conn.drain();
+  }) as H1Server;
+  let draining = false;
+  server.drain = () => {
+    draining = true;
+    for (const c of connections) c.drain();
+  };
   const sweep = setInterval(() => {
     const now = Date.now();
     for (const c of connections) if (!c.closed && c.deadline && c.deadline < now) c.timedOut();
