@@ -69,10 +69,12 @@ export class Proxy {
       if (h2only) return;
       const busy = new Set<Socket>();
       for (const res of answering) {
-        busy.add(res.socket as Socket);
-        // Not yet answered: its head says `connection: close`, and Node closes after it.
+        const sock = res.socket as Socket;
+        busy.add(sock);
+        // Not yet answered: its head says `connection: close`, and Node closes after it. Head
+        // out already: the connection ends once the answer is written (Node detaches it first).
         if (!res.headersSent) res.shouldKeepAlive = false;
-        else res.once('finish', () => res.socket?.end());
+        else res.once('finish', () => sock.end());
       }
       // The TLS connections only: each also has its TCP socket in the set, which must be left to it.
       for (const sock of sockets) if (sock instanceof TLSSocket && sock.alpnProtocol !== 'h2' && !busy.has(sock)) sock.end();
@@ -158,6 +160,7 @@ export class Proxy {
     const s = this.servers.get(key);
     if (!s) return;
     this.servers.delete(key);
+    this.drains.delete(s);
     await new Promise<void>((resolve) => {
       s.close(() => resolve());
       for (const sock of this.sockets.get(s) ?? []) sock.destroy();
@@ -189,6 +192,8 @@ export class Proxy {
             }, drainMs);
             s.close(() => {
               clearTimeout(cut);
+              this.sockets.delete(s);
+              this.drains.delete(s);
               resolve();
             });
             for (const sock of this.upgraded) if (sockets.has(sock as Socket)) sock.destroy();
