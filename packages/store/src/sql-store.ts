@@ -368,34 +368,19 @@ export class SqlStore implements ResourceStore {
       for (let attempt = 0; attempt < 20; attempt++) {
         const [have] = await this.driver.query<{ o: number }>('SELECT address_offset AS o FROM postern_addresses WHERE pool = $1 AND owner = $2', [pool, owner]);
         if (have) return Number(have.o);
-        // Reserved offsets are held by a placeholder owner, so the gap search below skips them.
-        if (attempt === 0 && range.reserved.length) {
-          await this.driver.query(
-            `INSERT INTO postern_addresses (pool, address_offset, owner) SELECT $1, r, '(reserved:' || $1 || ':' || r || ')' FROM unnest($2::int[]) r ON CONFLICT DO NOTHING`,
-            [pool, [...range.reserved]],
-          );
-        }
+        if (attempt === 0) await this.reserve(pool, range.reserved);
         // Next fit: the lowest free offset after the last one handed out (the pool's cursor), so
         // an address given back is not handed to someone else until the range has wrapped — a
         // late packet or cached DNS answer for it cannot reach a new owner. Past the end of the
         // range, the lowest free offset from its start. Two allocators may pick the same offset:
         // the primary key lets one win, the other finds nothing inserted and tries again.
-        const [cursor] = await this.driver.query<{ o: number }>('SELECT last_offset AS o FROM postern_address_cursors WHERE pool = $1', [pool]);
-        const after = cursor ? Number(cursor.o) + 1 : range.first;
-        const from = after >= range.first && after <= range.last ? after : range.first;
+        const from = await this.searchFrom(pool, range);
         let got = await this.claimLowestFree(pool, owner, from, range.last);
         const wrapped = got === 'none' && from > range.first;
         if (wrapped) got = await this.claimLowestFree(pool, owner, range.first, range.last);
         if (got === 'lost') continue;
         if (got !== 'none') {
-          // Concurrent allocators may finish out of order: the cursor only moves forward, except
-          // when this allocation wrapped around.
-          await this.driver.query(
-            `INSERT INTO postern_address_cursors (pool, last_offset) VALUES ($1, $2)
-             ON CONFLICT (pool) DO UPDATE SET last_offset = CASE WHEN $3::boolean THEN EXCLUDED.last_offset
-                                                                  ELSE GREATEST(postern_address_cursors.last_offset, EXCLUDED.last_offset) END`,
-            [pool, got, wrapped],
-          );
+          await this.moveCursor(pool, got, wrapped);
           return got;
         }
         const [used] = await this.driver.query<{ n: number }>('SELECT count(*)::int AS n FROM postern_addresses WHERE pool = $1 AND address_offset BETWEEN $2 AND $3', [pool, range.first, range.last]);
@@ -409,12 +394,7 @@ export class SqlStore implements ResourceStore {
     return this.run(async () => {
       const got = new Map<string, number>();
       const wanted = [...new Set(owners)];
-      if (range.reserved.length) {
-        await this.driver.query(
-          `INSERT INTO postern_addresses (pool, address_offset, owner) SELECT $1, r, '(reserved:' || $1 || ':' || r || ')' FROM unnest($2::int[]) r ON CONFLICT DO NOTHING`,
-          [pool, [...range.reserved]],
-        );
-      }
+      await this.reserve(pool, range.reserved);
       for (let attempt = 0; attempt < 20; attempt++) {
         const held = await this.driver.query<{ owner: string; o: number }>(
           'SELECT owner, address_offset AS o FROM postern_addresses WHERE pool = $1 AND owner = ANY($2::text[])',
@@ -425,9 +405,7 @@ export class SqlStore implements ResourceStore {
         if (missing.length === 0) return got;
         // The same next fit as allocateAddress: free offsets from the one after the cursor, then
         // from the start of the range; found a window of offsets at a time (an index range scan).
-        const [cursor] = await this.driver.query<{ o: number }>('SELECT last_offset AS o FROM postern_address_cursors WHERE pool = $1', [pool]);
-        const after = cursor ? Number(cursor.o) + 1 : range.first;
-        const from = after >= range.first && after <= range.last ? after : range.first;
+        const from = await this.searchFrom(pool, range);
         const free = await this.freeOffsets(pool, from, range.last, missing.length);
         if (free.length < missing.length && from > range.first) free.push(...(await this.freeOffsets(pool, range.first, from - 1, missing.length - free.length)));
         if (free.length < missing.length) {
@@ -445,16 +423,40 @@ export class SqlStore implements ResourceStore {
           const offsets = taken.map((t) => Number(t.o));
           const wrapped = offsets.filter((o) => o < from);
           const last = Math.max(...(wrapped.length ? wrapped : offsets));
-          await this.driver.query(
-            `INSERT INTO postern_address_cursors (pool, last_offset) VALUES ($1, $2)
-             ON CONFLICT (pool) DO UPDATE SET last_offset = CASE WHEN $3::boolean THEN EXCLUDED.last_offset
-                                                                  ELSE GREATEST(postern_address_cursors.last_offset, EXCLUDED.last_offset) END`,
-            [pool, last, wrapped.length > 0],
-          );
+          await this.moveCursor(pool, last, wrapped.length > 0);
         }
       }
       throw new PosternError('ERR_CONFLICT', `could not allocate ${pool} addresses after 20 attempts; retry`);
     });
+  }
+
+  /** Where the next-fit search starts: after the pool's cursor, or at the range's start. */
+  private async searchFrom(pool: string, range: { first: number; last: number }): Promise<number> {
+    const [cursor] = await this.driver.query<{ o: number }>('SELECT last_offset AS o FROM postern_address_cursors WHERE pool = $1', [pool]);
+    const after = cursor ? Number(cursor.o) + 1 : range.first;
+    return after >= range.first && after <= range.last ? after : range.first;
+  }
+
+  /** Reserved offsets are held by a placeholder owner, so no free-offset search hands them out. */
+  private async reserve(pool: string, reserved: readonly number[]): Promise<void> {
+    if (!reserved.length) return;
+    await this.driver.query(
+      `INSERT INTO postern_addresses (pool, address_offset, owner) SELECT $1, r, '(reserved:' || $1 || ':' || r || ')' FROM unnest($2::int[]) r ON CONFLICT DO NOTHING`,
+      [pool, [...reserved]],
+    );
+  }
+
+  /**
+   * Records `last` as the offset last handed out. Concurrent allocators may finish out of order:
+   * the cursor only moves forward, except after an allocation that wrapped around.
+   */
+  private async moveCursor(pool: string, last: number, wrapped: boolean): Promise<void> {
+    await this.driver.query(
+      `INSERT INTO postern_address_cursors (pool, last_offset) VALUES ($1, $2)
+       ON CONFLICT (pool) DO UPDATE SET last_offset = CASE WHEN $3::boolean THEN EXCLUDED.last_offset
+                                                            ELSE GREATEST(postern_address_cursors.last_offset, EXCLUDED.last_offset) END`,
+      [pool, last, wrapped],
+    );
   }
 
   /** Up to `n` free offsets in [first, last], lowest first, read a window of the range at a time. */
