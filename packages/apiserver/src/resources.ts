@@ -1,3 +1,4 @@
+import { setImmediate } from 'node:timers/promises';
 import { isDeepStrictEqual } from 'node:util';
 import {
   PosternError,
@@ -253,7 +254,7 @@ export class ResourceService {
     // serves the proxy: a turn for everyone else every 100 resources, not one 2,000-resource block.
     const prepared: (Prepared & { index: number })[] = [];
     for (const [index, input] of inputs.entries()) {
-      if (index > 0 && index % 100 === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      if (index > 0 && index % 100 === 0) await setImmediate();
       prepared.push({ ...this.prepare(input, index), index });
     }
     const issues: Issue[] = prepared.flatMap((p) => p.issues);

@@ -1,15 +1,15 @@
+import { setImmediate as yieldToEventLoop } from 'node:timers/promises';
 import { PGlite } from '@electric-sql/pglite';
 import type { Queryable, SqlDriver } from './driver.js';
 
-/**
- * Lets the event loop take its turn before a statement runs. PGlite runs each statement
+/*
+ * Each statement waits for a turn of the event loop (`yieldToEventLoop`). PGlite runs each statement
  * synchronously on this thread and resolves its promise without waiting for any I/O, so a chain
  * of statements (the controller giving 1,000 new Services their addresses, ~4 statements each)
  * ran back to back in microtasks and held off every socket for as long: measured, a proxied
  * request waited 8.2 s while 1,000 Services were applied. With a turn before each statement it
  * waits for one statement at most.
  */
-const yieldToEventLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 /**
  * The embedded default: PostgreSQL compiled to WASM, in this process, persisted under a folder
