@@ -322,7 +322,7 @@ http {
       const p99 = (k: keyof Round) => median(counted.map((r) => r[k].p99));
       const [r, b, d, o] = [p99('a'), p99('b'), p99('d'), p99('ours')];
       // Each round's p99; a round left out is shown with the steal that put it aside.
-      const list = (k: keyof Round) => rounds.map((x) => (counted.includes(x) ? x[k].p99.toFixed(1) : `[${x[k].p99.toFixed(1)} at ${steal(x).toFixed(0)}% steal]`)).join(', ');
+      const list = (k: keyof Round) => rounds.map((x) => (counted.includes(x) ? x[k].p99.toFixed(1) : `[${x[k].p99.toFixed(1)} at ${steal(x).toFixed(1)}% steal]`)).join(', ');
       const added = (x: number) => `${x - r >= 0 ? '+' : ''}${(x - r).toFixed(2)} ms`;
       const which = counted === calm ? `median of the ${calm.length} rounds of ${rounds.length} with ≤ ${quietSteal}% steal` : `only ${calm.length} of ${rounds.length} rounds had ≤ ${quietSteal}% steal: median of all`;
       return {
@@ -356,14 +356,14 @@ http {
     writeFileSync(back, `${benchResources(pUp)}---\n${encodeYaml([more[0]!])}`);
     const many = await startOurs(join(dir, 'many'), pUp, []);
     try {
-      const measure = async () => (await wrk(`http://${many.d.publicAddress}/api/items`, { authorization: `Bearer ${many.token}`, Host: 'api.bench.test' })).rps;
+      const measure = () => wrk(`http://${many.d.publicAddress}/api/items`, { authorization: `Bearer ${many.token}`, Host: 'api.bench.test' });
       const change = async (args: string[]) => {
         await many.ctl(args);
         await settled(many.d.proc.pid!);
       };
       // Five runs each in the order A B B A A B B A A B (A: one Service, B: with the 1,000), so a
       // drift of the machine over the two minutes weighs on both alike.
-      const runs = { one: [] as number[], loaded: [] as number[] };
+      const runs = { one: [] as { rps: number; steal: number }[], loaded: [] as { rps: number; steal: number }[] };
       let configured: keyof typeof runs = 'one';
       for (const step of ['one', 'loaded', 'loaded', 'one', 'one', 'loaded', 'loaded', 'one', 'one', 'loaded'] as const) {
         if (step !== configured) {
@@ -378,9 +378,9 @@ http {
         runs[step].push(await measure());
       }
       const { one, loaded } = runs;
-      const [base, with1000] = [median(one), median(loaded)];
+      const [base, with1000] = [median(one.map((r) => r.rps)), median(loaded.map((r) => r.rps))];
       const drop = 1 - with1000 / base;
-      const list = (xs: number[]) => xs.map((x) => Math.round(x).toLocaleString('en')).join(', ');
+      const list = (xs: { rps: number; steal: number }[]) => xs.map((x) => `${Math.round(x.rps).toLocaleString('en')} at ${x.steal.toFixed(0)}% steal`).join(', ');
       rows.push({
         name: 'requests/s of one Service with 1,000 more Services and 1,000 Policies configured (one process, in turns with and without them; median of 5 runs each)',
         ours: `${rate({ rps: with1000 })} (runs: ${list(loaded)})`,
