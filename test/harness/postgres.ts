@@ -1,5 +1,5 @@
 import { spawn, spawnSync, execFileSync, type ChildProcess } from 'node:child_process';
-import { appendFileSync, chownSync, existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { appendFileSync, chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -152,6 +152,36 @@ export class TestPostgres {
       });
       proc.kill('SIGINT');
     });
+  }
+
+  /**
+   * A database host that hangs: the server and every backend stopped (SIGSTOP). Connections stay
+   * open and nothing answers on them, unlike `stop()`, which closes them. `thaw()` resumes.
+   */
+  freeze(): void {
+    this.signalAll('SIGSTOP');
+  }
+
+  thaw(): void {
+    this.signalAll('SIGCONT');
+  }
+
+  /** The postmaster (from its pid file: in a namespace, `proc` is `ip netns exec`'s) and its children. */
+  private signalAll(signal: NodeJS.Signals): void {
+    const master = Number(readFileSync(join(this.dir, 'data', 'postmaster.pid'), 'utf8').split('\n', 1)[0]);
+    // Its children, from /proc (the parent pid is the 2nd field after the command's closing parenthesis).
+    const children = readdirSync('/proc')
+      .filter((d) => /^\d+$/.test(d))
+      .filter((d) => {
+        try {
+          const stat = readFileSync(`/proc/${d}/stat`, 'utf8');
+          return Number(stat.slice(stat.lastIndexOf(') ') + 2).split(' ')[1]) === master;
+        } catch {
+          return false; // ended meanwhile
+        }
+      })
+      .map(Number);
+    for (const pid of [master, ...children]) process.kill(pid, signal);
   }
 
   /** Runs one SQL statement as the superuser (to kill connections in tests). */
