@@ -18,6 +18,7 @@ describe('posternd stop limit', () => {
     dir = mkdtempSync(join(tmpdir(), 'postern-stop-'));
   });
   after(async () => {
+    // thaw() first: a stopped server would not end on destroy()'s SIGINT.
     pgSrv?.thaw();
     await pgSrv?.destroy();
     rmSync(dir, { recursive: true, force: true });

@@ -181,7 +181,14 @@ export class TestPostgres {
         }
       })
       .map(Number);
-    for (const pid of [master, ...children]) process.kill(pid, signal);
+    for (const pid of [master, ...children]) {
+      try {
+        process.kill(pid, signal);
+      } catch (err) {
+        // A backend that ended since it was listed (the server ends them as clients leave).
+        if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+      }
+    }
   }
 
   /** Runs one SQL statement as the superuser (to kill connections in tests). */
