@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { request } from 'node:http';
+import { createServer, request, type Server } from 'node:http';
 import { after, before, describe, it } from 'node:test';
 import { Sha256 } from '@aws-crypto/sha256-js';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -17,6 +17,7 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
   const ports: Record<string, number> = {};
   const ups: Record<string, RecordingUpstream> = {};
   let wss: WebSocketServer;
+  let sink: Server;
   let wsPort: number;
   let tokenCalls = 0;
 
@@ -27,9 +28,16 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
       // The second event comes only after the client has seen the first.
       setTimeout(() => res.end('data: second\n\n'), 400);
     });
-    ups.sink = await RecordingUpstream.start(0, 'sink', (_req, res, body) => {
-      res.end(JSON.stringify({ bytes: Buffer.byteLength(body), sha: createHash('sha256').update(body).digest('hex') }));
+    // Hashes the upload as it arrives, so it answers as soon as the last byte is in: the cluster's
+    // 500 ms upstream timeout (for the 504 test) runs from that byte. (Buffering 64 MiB as a
+    // string and hashing it then took over 500 ms on a CI machine busy with other tests: a 504.)
+    sink = createServer((req, res) => {
+      const hash = createHash('sha256');
+      let bytes = 0;
+      req.on('data', (c: Buffer) => (hash.update(c), (bytes += c.length)));
+      req.on('end', () => res.end(JSON.stringify({ bytes, sha: hash.digest('hex') })));
     });
+    await new Promise<void>((resolve) => sink.listen(0, '127.0.0.1', resolve));
     ups.a = await RecordingUpstream.start(0, 'a');
     ups.b = await RecordingUpstream.start(0, 'b');
     ups.slow = await RecordingUpstream.start(0, 'slow', () => {
@@ -54,7 +62,7 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
 
     tc = await startTestCluster({ upstreamTimeoutMs: 500 });
     await tc.login('root');
-    const u = (name: string) => `http://127.0.0.1:${ups[name]!.port}`;
+    const u = (name: string) => `http://127.0.0.1:${name === 'sink' ? (sink.address() as { port: number }).port : ups[name]!.port}`;
     const svc = (name: string, config: string) => `---\nkind: Service\nmetadata: {name: ${name}}\nspec:\n  config:\n${config}\n  authorization: {policies: [allow-all]}\n`;
     const yaml = [
       'kind: Policy\nmetadata: {name: allow-all}\nspec: {rules: [{effect: ALLOW, condition: {matchAny: true}}]}',
@@ -84,6 +92,8 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
   after(async () => {
     await tc?.stop();
     wss?.close();
+    sink?.closeAllConnections();
+    sink?.close();
     for (const u of Object.values(ups)) await u.stop();
   });
 
@@ -107,11 +117,11 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
   it('streams a 64 MiB upload without buffering it, byte for byte', async () => {
     const chunk = Buffer.alloc(1024 * 1024, 7);
     const hash = createHash('sha256');
-    const res = await new Promise<string>((resolve, reject) => {
+    const res = await new Promise<{ status: number; body: string }>((resolve, reject) => {
       const req = request({ host: '127.0.0.1', port: ports.sink, method: 'POST', path: '/upload', localAddress: from, agent: false, headers: { 'transfer-encoding': 'chunked' } }, (r) => {
         let body = '';
         r.on('data', (d: Buffer) => (body += d.toString()));
-        r.on('end', () => resolve(body));
+        r.on('end', () => resolve({ status: r.statusCode ?? 0, body }));
       });
       req.on('error', reject);
       let sent = 0;
@@ -125,7 +135,8 @@ describe('proxy: streaming, upgrades, balancing and upstream credentials', () =>
       };
       pump();
     });
-    const got = JSON.parse(res) as { bytes: number; sha: string };
+    assert.equal(res.status, 200, res.body);
+    const got = JSON.parse(res.body) as { bytes: number; sha: string };
     assert.equal(got.bytes, 64 * 1024 * 1024);
     assert.equal(got.sha, hash.digest('hex'));
   });
