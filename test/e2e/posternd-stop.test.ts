@@ -28,9 +28,9 @@ describe('posternd stop limit', () => {
     const db = await pgSrv.createDatabase('stoplimit');
     const d = await spawnPosternd(['up', '--domain', 'stop.test', '--database', db, '--listen', '127.0.0.1:0', '--public-listen', '127.0.0.1:0'], { cwd: dir });
     const ended = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => d.proc.once('exit', (code, signal) => resolve({ code, signal })));
-    pgSrv.freeze();
     const t0 = Date.now();
     try {
+      pgSrv.freeze();
       d.proc.kill('SIGTERM');
       const limit = new Promise<never>((_, reject) => setTimeout(() => reject(new Error(`posternd still running 40 s after SIGTERM:\n${d.logs()}`)), 40_000).unref());
       const { code, signal } = await Promise.race([ended, limit]);
