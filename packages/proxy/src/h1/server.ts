@@ -298,6 +298,8 @@ class Connection {
   private wantsContinue = false;
   private bodyPaused = false;
   private clientEnded = false;
+  /** The server is stopping (`drain`): no request after the one in progress. */
+  private draining = false;
   /** When the current phase times out (ms since epoch), 0 for never. */
   deadline = 0;
 
@@ -533,8 +535,6 @@ class Connection {
     if (this.phase === 'idle' && !this.buf?.length) this.endSoon();
     else this.res?.closeAfterThis();
   }
-
-  private draining = false;
 
   /** The socket leaves HTTP (an upgrade). */
   private detach(): void {
