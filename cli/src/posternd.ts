@@ -68,7 +68,9 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
   // Runs until SIGINT or SIGTERM, then stops every component. A stop that fails or takes longer
   // than shutdownLimitMs is an exit code of 1 with the reason (the log names a component that is
   // slow to stop); a second signal meanwhile ends the process at once (the default action).
-  const until = (stop: () => Promise<void>) =>
+  // `ready` prints what says posternd is up, once the signals are taken: a supervisor that sends
+  // SIGTERM as soon as it reads that gets a clean stop, never the default action.
+  const until = (stop: () => Promise<void>, ready: () => void) =>
     new Promise<void>((done, fail) => {
       const shutdown = () => {
         process.off('SIGINT', shutdown);
@@ -88,6 +90,7 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       };
       process.on('SIGINT', shutdown);
       process.on('SIGTERM', shutdown);
+      ready();
       onStarted?.(async () => shutdown());
     });
 
@@ -131,8 +134,9 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
         : {}),
       autoInit: true,
     });
-    io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint, cluster.publicAddress, o.gatewayEndpoint ? `WireGuard on ${o.gatewayEndpoint}:${o.wgPort} (${o.wgInterface}), private DNS on 100.64.0.53` : undefined));
-    await until(cluster.close);
+    await until(cluster.close, () =>
+      io.out(nextSteps(cluster.domain, cluster.address, cluster.rootToken, cluster.caFingerprint, cluster.publicAddress, o.gatewayEndpoint ? `WireGuard on ${o.gatewayEndpoint}:${o.wgPort} (${o.wgInterface}), private DNS on 100.64.0.53` : undefined)),
+    );
   });
 
   storeFlags(
@@ -149,8 +153,7 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
       autoInit: false,
       ...(o.certName ? { certNames: o.certName } : {}),
     });
-    io.err(`API server for ${cluster.domain} on ${cluster.address}\n`);
-    await until(cluster.close);
+    await until(cluster.close, () => io.err(`API server for ${cluster.domain} on ${cluster.address}\n`));
   });
 
   storeFlags(
