@@ -103,14 +103,16 @@ const quietSteal = 2;
  * every round's value: a round left out in brackets with the steal that put it aside, a round
  * counted although not quiet with its steal after it.
  */
-async function inRounds<K extends string, R extends { steal: number }>(runs: Record<K, () => Promise<R>>, maxRounds: number) {
+async function inRounds<K extends string, R extends { steal: number }>(runs: Record<K, () => Promise<R>>, maxRounds: number, opts: { alternate?: boolean } = {}) {
   type Round = Record<K, R>;
   const rounds: Round[] = [];
   const steal = (r: Round) => Math.max(...Object.values<R>(r).map((x) => x.steal));
   const quiet = (r: Round) => steal(r) <= quietSteal;
+  const kinds = Object.keys(runs) as K[];
   while (rounds.length < maxRounds && rounds.filter(quiet).length < 3) {
     const round = {} as Round;
-    for (const k of Object.keys(runs) as K[]) round[k] = await runs[k]();
+    // `alternate`: every other round runs the kinds in reverse order (A B, B A, ...).
+    for (const k of opts.alternate && rounds.length % 2 ? [...kinds].reverse() : kinds) round[k] = await runs[k]();
     rounds.push(round);
   }
   const calm = rounds.filter(quiet);
@@ -426,40 +428,28 @@ http {
         await many.ctl(args);
         await settled(many.d.proc.pid!);
       };
-      // Five pairs of runs in the order A B, B A, A B, B A, A B (A: one Service, B: with the
-      // 1,000), so a drift of the machine over the two minutes weighs on both alike; each pair's
-      // two runs are back to back and the drop is the median of the pairs' own. Pairs count as
-      // rounds do above (both runs ≤ 2% steal, if three pairs are quiet).
-      const pairs: Record<'one' | 'loaded', WrkRun>[] = [];
+      // Pairs of runs, A B, B A, A B, ... (A: one Service, B: with the 1,000), so a drift of the
+      // machine weighs on both alike; each pair's two runs are back to back, and the drop is the
+      // median of the pairs' own. Pairs are rounds of two, counted as above.
       let configured: 'one' | 'loaded' = 'one';
-      for (let i = 0; i < 5; i++) {
-        const pair = {} as Record<'one' | 'loaded', WrkRun>;
-        for (const step of i % 2 ? (['loaded', 'one'] as const) : (['one', 'loaded'] as const)) {
-          if (step !== configured) {
-            if (step === 'loaded') await change(['apply', file]);
-            else {
-              await change(['apply', '--prune', back]);
-              const services = (JSON.parse(await many.ctl(['get', 'service', '-o', 'json'])) as { items: unknown[] }).items;
-              if (services.length !== 1) throw new Error(`apply --prune left ${services.length} Services, not 1`);
-            }
-            configured = step;
-          }
-          pair[step] = await measure();
+      const configure = async (want: 'one' | 'loaded') => {
+        if (want === configured) return;
+        if (want === 'loaded') await change(['apply', file]);
+        else {
+          await change(['apply', '--prune', back]);
+          const services = (JSON.parse(await many.ctl(['get', 'service', '-o', 'json'])) as { items: unknown[] }).items;
+          if (services.length !== 1) throw new Error(`apply --prune left ${services.length} Services, not 1`);
         }
-        pairs.push(pair);
-      }
-      const steal = (x: Record<'one' | 'loaded', WrkRun>) => Math.max(x.one.steal, x.loaded.steal);
-      const calm = pairs.filter((x) => steal(x) <= quietSteal);
-      const counted = calm.length >= 3 ? calm : pairs;
-      const which = counted === calm ? `median of the ${calm.length} pairs of 5 with ≤ ${quietSteal}% steal` : `only ${calm.length} of 5 pairs had ≤ ${quietSteal}% steal: median of all`;
-      const drop = median(counted.map((x) => 1 - x.loaded.rps / x.one.rps));
-      const cpuGrowth = median(counted.map((x) => (x.loaded.cpuUs ?? NaN) / (x.one.cpuUs ?? NaN) - 1));
-      const list = (k: 'one' | 'loaded') =>
-        pairs.map((x) => (!counted.includes(x) ? `[${rate(x[k].rps)} at ${steal(x).toFixed(1)}% steal]` : `${rate(x[k].rps)}${cpu(x[k])}${steal(x) > quietSteal ? ` (${steal(x).toFixed(1)}% steal)` : ''}`)).join(', ');
+        configured = want;
+      };
+      const pairs = await inRounds({ one: () => configure('one').then(measure), loaded: () => configure('loaded').then(measure) }, 5, { alternate: true });
+      const drop = pairs.med((x) => 1 - x.loaded.rps / x.one.rps);
+      const cpuGrowth = pairs.med((x) => (x.loaded.cpuUs ?? NaN) / (x.one.cpuUs ?? NaN) - 1);
+      const list = (k: 'one' | 'loaded') => pairs.list((x) => `${rate(x[k].rps)}${cpu(x[k])}`);
       rows.push({
-        name: `requests/s of one Service with 1,000 more Services and 1,000 Policies configured (one process, in pairs of runs with and without them; ${which})`,
-        ours: `${rate(median(counted.map((x) => x.loaded.rps)))} (runs: ${list('loaded')})`,
-        reference: `${rate(median(counted.map((x) => x.one.rps)))} with 1 Service (runs: ${list('one')}); CPU per request ${cpuGrowth >= 0 ? '+' : ''}${(cpuGrowth * 100).toFixed(1)}% with the 1,000`,
+        name: `requests/s of one Service with 1,000 more Services and 1,000 Policies configured (one process, in pairs of runs with and without them; ${pairs.which.replaceAll('rounds', 'pairs')})`,
+        ours: `${rate(pairs.med((x) => x.loaded.rps))} (runs: ${list('loaded')})`,
+        reference: `${rate(pairs.med((x) => x.one.rps))} with 1 Service (runs: ${list('one')}); CPU per request ${cpuGrowth >= 0 ? '+' : ''}${(cpuGrowth * 100).toFixed(1)}% with the 1,000`,
         ratio: `${Math.abs(drop * 100).toFixed(1)}% ${drop >= 0 ? 'drop' : 'gain'}`,
         target: '< 10% drop',
         pass: drop < 0.1,
