@@ -25,7 +25,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { encodeYaml, type AnyResource } from '@postern/apis';
 import { compileCel, decide, httpRequest, type PolicySource } from '@postern/policy';
-import { freePort, runBin, spawnPosternd } from '../harness/index.js';
+import { childPids, freePort, runBin, spawnPosternd } from '../harness/index.js';
 import type { BenchRow } from './control-plane.js';
 import { withSteal } from './machine.js';
 
@@ -43,13 +43,13 @@ function cpuMs(pid: number): number {
   }
   const fields = stat.split(') ')[1]!.split(' ');
   let ms = (Number(fields[11]) + Number(fields[12])) * 10; // utime and stime, in 1/100 s
-  let children = '';
+  let children: number[] = [];
   try {
-    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8');
+    children = childPids(pid);
   } catch {
-    // no children file: none to count
+    // ended since its stat was read: no children to count
   }
-  for (const child of children.trim().split(/\s+/).filter(Boolean)) ms += cpuMs(Number(child));
+  for (const child of children) ms += cpuMs(child);
   return ms;
 }
 

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { spawnSync } from 'node:child_process';
 import { after, before, describe, it } from 'node:test';
-import { RecordingUpstream, send, startLoggedIn, type LoggedInPosternd, type RunningPosternd } from '../harness/index.js';
+import { RecordingUpstream, childPids, send, startLoggedIn, type LoggedInPosternd, type RunningPosternd } from '../harness/index.js';
 
 const domain = 'workers.test';
 
@@ -25,18 +25,13 @@ describe('proxy workers: the public listener in several processes', () => {
   };
   /** posternd's worker processes now. */
   const workerPids = () =>
-    readFileSync(`/proc/${d.proc.pid}/task/${d.proc.pid}/children`, 'utf8')
-      .trim()
-      .split(/\s+/)
-      .filter(Boolean)
-      .map(Number)
-      .filter((pid) => {
-        try {
-          return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('proxy-worker.js');
-        } catch {
-          return false;
-        }
-      });
+    childPids(d.proc.pid!).filter((pid) => {
+      try {
+        return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('proxy-worker.js');
+      } catch {
+        return false;
+      }
+    });
 
   before(async () => {
     up = await RecordingUpstream.start(0, 'inventory');

@@ -4,6 +4,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
+import { childPids } from './process.js';
 
 /** Finds initdb/postgres: Debian's /usr/lib/postgresql/<newest>/bin, else PATH. */
 function pgBinDir(): string {
@@ -169,9 +170,7 @@ export class TestPostgres {
   /** The postmaster (from its pid file: in a namespace, `proc` is `ip netns exec`'s) and its children. */
   private signalAll(signal: NodeJS.Signals): void {
     const master = Number(readFileSync(join(this.dir, 'data', 'postmaster.pid'), 'utf8').split('\n', 1)[0]);
-    // Its children, as the kernel lists them (postgres is one thread; proxy-workers.test reads them so too).
-    const children = readFileSync(`/proc/${master}/task/${master}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-    for (const pid of [master, ...children]) {
+    for (const pid of [master, ...childPids(master)]) {
       try {
         process.kill(pid, signal);
       } catch (err) {

@@ -7,6 +7,14 @@ const repo = join(import.meta.dirname, '../../..');
 /** Path of an installed entry point (`cli/bin/<name>.js`). */
 export const bin = (name: string) => join(repo, 'cli', 'bin', `${name}.js`);
 
+/**
+ * A process's children, as the kernel lists them: those of its main thread, which is where Node
+ * and PostgreSQL start theirs. Throws when the process is gone.
+ */
+export function childPids(pid: number): number[] {
+  return readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+}
+
 export interface RunningPosternd {
   proc: ChildProcess;
   address: string;
