@@ -1,4 +1,4 @@
-import { encodeYaml, formatIssue, isPosternError, type AnyResource } from '@postern/apis';
+import { encodeYaml, formatIssue, isPosternError, servicePort, type AnyResource } from '@postern/apis';
 import type { Io } from './io.js';
 
 export type OutputFormat = 'table' | 'yaml' | 'json';
@@ -40,7 +40,7 @@ const text = (v: unknown): string => (v === undefined || v === null || v === '' 
 const columns: Record<string, [string, (r: AnyResource) => string][]> = {
   Service: [
     ['MODE', (r) => text(get(r, 'spec.mode'))],
-    ['PORT', (r) => text(get(r, 'spec.port'))],
+    ['PORT', (r) => String(servicePort(r.spec as { port?: number; isTLS?: boolean }))],
     ['PUBLIC', (r) => (get(r, 'spec.isPublic') ? 'yes' : 'no')],
   ],
   User: [

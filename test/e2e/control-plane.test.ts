@@ -81,6 +81,8 @@ describe('end to end: posternd up → login → apply → get → deny', () => {
     const svc = await ctl(['get', 'svc']);
     assert.equal(svc.code, 0, svc.err);
     for (const name of ['inventory.default', 'catalog.default', 'weather.default', 'accounts.finance', 'signup.default']) assert.match(svc.out, new RegExp(`^${name.replace('.', '\\.')}\\s`, 'm'));
+    // The port each is served on: inventory's own, the others' inferred (80 for HTTP), not a 0.
+    assert.match(svc.out, /^catalog\.default\s+HTTP\s+80\s+yes\s/m);
     const one = await ctl(['get', 'service', 'inventory', '-o', 'json']);
     assert.equal(JSON.parse(one.out).spec.config.upstream.url, 'http://127.0.0.1:9101');
     const secret = await ctl(['get', 'secret', 'weather-token', '-o', 'json']);
@@ -108,7 +110,9 @@ describe('end to end: posternd up → login → apply → get → deny', () => {
     assert.equal(status.code, 0, status.err);
     assert.equal(JSON.parse(status.out).user, 'bob');
     const reach = await runBin('postern', ['get', 'service', '-o', 'json', '--domain', domain], as('bob'));
-    const names = (JSON.parse(reach.out) as { items: { name: string }[] }).items.map((s) => s.name).sort();
+    const items = (JSON.parse(reach.out) as { items: { name: string; port: number }[] }).items;
+    assert.ok(items.every((s) => s.port === 80), `every example Service is served on port 80: ${reach.out}`);
+    const names = items.map((s) => s.name).sort();
     // dev reaches inventory; catalog and signup allow anyone; accounts allows any GET; weather wants a WORKLOAD or ops.
     assert.deepEqual(names, ['accounts', 'catalog', 'inventory', 'signup']);
   });

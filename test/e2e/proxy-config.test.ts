@@ -131,6 +131,7 @@ describe('proxy route settings: retry, CORS, trusted CAs, CEL rate-limit keys', 
       stdin: `kind: Service
 metadata: {name: nope}
 spec:
+  isTLS: true
   config:
     upstream: {container: {image: "nginx:1", port: 80}}
     http:
@@ -147,7 +148,8 @@ spec:
     assert.match(r.err, /spec\.config\.upstream\.container: container upstreams run on Kubernetes.*\[ERR_NOT_IMPLEMENTED\]/);
     assert.match(r.err, /spec\.config\.http\.plugins\[0\]\.rateLimit\.key\.eval: CEL does not compile/);
     assert.match(r.err, /spec\.dynamicConfig\.configs\[0\]\.upstream\.user: upstreams served by a connected client are not implemented yet/);
-    assert.match(r.err, /3 problems found, nothing was changed/);
+    assert.match(r.err, /spec\.isTLS: Services served over TLS at their private address are not implemented yet.*\[ERR_NOT_IMPLEMENTED\]/);
+    assert.match(r.err, /4 problems found, nothing was changed/);
     const regex = await tc.cli('posternctl', ['apply', '-'], {
       stdin: `kind: Service\nmetadata: {name: nope}\nspec:\n  config:\n    upstream: {url: "http://127.0.0.1:1"}\n    http:\n      cors: {allowOriginStringMatch: [{regex: "(unclosed"}]}\n`,
     });

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Server, ServerCredentials, type ServerUnaryCall, type ServerWritableStream, type sendUnaryData, type Metadata } from '@grpc/grpc-js';
-import { PosternError, canonicalName, kindInfo, kinds, splitNamespaced, type AnyResource, type CredentialSpec } from '@postern/apis';
+import { PosternError, canonicalName, kindInfo, kinds, servicePort, splitNamespaced, type AnyResource, type CredentialSpec } from '@postern/apis';
 import type { AuthServer, Identity } from '@postern/authserver';
 import { decide, gatherPolicies, preCheck } from '@postern/policy';
 import type { ResourceCache, ResourceStore } from '@postern/store';
@@ -368,7 +368,7 @@ export class ApiServer {
         name,
         namespace: ns,
         mode: spec.mode ?? 'HTTP',
-        port: spec.port ?? 0,
+        port: servicePort(spec),
         isPublic: spec.isPublic ?? false,
         addresses: ((svc.status as { addresses?: { dualStackIP?: { ipv4?: string; ipv6?: string } }[] } | undefined)?.addresses ?? []).flatMap((a) => [a.dualStackIP?.ipv4, a.dualStackIP?.ipv6].filter((x): x is string => !!x)),
         privateHostname: ns === 'default' ? `${name}.local.${domain}` : `${name}.${ns}.local.${domain}`,

@@ -1,4 +1,4 @@
-import { dnsOffset, ipv4At, ipv6At, splitNamespaced, type AnyResource } from '@postern/apis';
+import { dnsOffset, ipv4At, ipv6At, servicePort, splitNamespaced, type AnyResource } from '@postern/apis';
 import { DnsServer } from '@postern/dns';
 import { GatewayAgent, runTool, type Implementation } from '@postern/gateway-agent';
 import type { ResourceCache, ResourceStore } from '@postern/store';
@@ -26,10 +26,9 @@ export interface GatewayOptions {
   dnsPort?: number;
 }
 
-/** The port a Service's listener uses: its own, else 443 for TLS and 80 otherwise. */
+/** The port a Service's listener uses (`servicePort`). */
 export function listenerPort(svc: AnyResource): number {
-  const spec = svc.spec as { port?: number; isTLS?: boolean };
-  return spec.port || (spec.isTLS ? 443 : 80);
+  return servicePort(svc.spec as { port?: number; isTLS?: boolean });
 }
 
 /**

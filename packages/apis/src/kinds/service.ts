@@ -253,6 +253,15 @@ export const ServiceSpec = z
   });
 export type ServiceSpec = z.infer<typeof ServiceSpec>;
 
+/**
+ * The port a Service is served on at its private address: its own `port`, else (0 or unset, as
+ * REFERENCE.md says, inferred) 443 for `isTLS` and 80 otherwise. The gateway listens there and
+ * every listing shows it.
+ */
+export function servicePort(spec: { port?: number | undefined; isTLS?: boolean | undefined }): number {
+  return spec.port || (spec.isTLS ? 443 : 80);
+}
+
 export const ServiceStatus = z.looseObject({
   addresses: z.array(z.strictObject({ dualStackIP: z.strictObject({ ipv4: z.string().optional(), ipv6: z.string().optional() }) })).optional(),
   namespaceRef: z.strictObject({ name: z.string(), uid: z.string().optional() }).optional(),
