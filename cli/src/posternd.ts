@@ -72,14 +72,16 @@ export async function main(argv: readonly string[], io: Io, onStarted?: (stop: (
   // SIGTERM as soon as it reads that gets a clean stop, never the default action.
   const until = (stop: () => Promise<void>, ready: () => void) =>
     new Promise<void>((done, fail) => {
-      const shutdown = () => {
+      const shutdown = (signal?: NodeJS.Signals) => {
         process.off('SIGINT', shutdown);
         process.off('SIGTERM', shutdown);
+        io.err(`Stopping${signal ? ` (${signal})` : ''}: answering requests in progress; a second signal exits at once.\n`);
         const limit = setTimeout(() => fail(new PosternError('ERR_INTERNAL', `posternd did not finish stopping within ${shutdownLimitMs / 1000} s; exiting anyway`)), shutdownLimitMs);
         limit.unref();
         stop().then(
           () => {
             clearTimeout(limit);
+            io.err('Stopped.\n');
             done();
           },
           (err: unknown) => {

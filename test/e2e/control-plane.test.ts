@@ -27,6 +27,7 @@ describe('end to end: posternd up → login → apply → get → deny', () => {
   after(async () => {
     const code = await d?.stop();
     assert.equal(code, 0, 'posternd exits cleanly on SIGTERM');
+    assert.match(d.logs(), /Stopping \(SIGTERM\)[^\n]*\n(.*\n)*Stopped\.\n/, 'posternd says that it stops, and when it has');
     rmSync(dir, { recursive: true, force: true });
   });
 

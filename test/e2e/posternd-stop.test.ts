@@ -42,6 +42,8 @@ describe('posternd stop limit', () => {
       const log = d.logs();
       assert.match(log, /"component":"the store","msg":"still stopping after 5 s"/);
       assert.match(log, /posternd did not finish stopping within 20 s; exiting anyway \[ERR_INTERNAL\]/);
+      assert.match(log, /Stopping \(SIGTERM\): answering requests in progress/);
+      assert.doesNotMatch(log, /^Stopped\.$/m);
     } finally {
       pgSrv.thaw();
       if (d.proc.exitCode === null && d.proc.signalCode === null) d.proc.kill('SIGKILL');
