@@ -3,7 +3,8 @@
  * each latency from the moment the request was due (so a stall is not hidden by the client
  * slowing down — no coordinated omission). Runs as its own process:
  *   node openloop.js <url> <rate/s> <seconds> [headers-json]
- * and prints {"sent","ok","p50","p90","p99","max"} in ms. The first 2 s at the same rate are a
+ * and prints {"sent","total","ok","p50","p90","p99","max"}: the requests counted, every request
+ * sent (the warm-up's too), those answered 200, and latencies in ms. The first 2 s at the same rate are a
  * warm-up and not counted (the generator opens its connections and compiles its own code then;
  * wrk2 likewise leaves out its calibration period), for ours and the reference alike.
  *
@@ -123,4 +124,4 @@ if (settled < total) await new Promise<void>((resolve) => (allSettled = resolve)
 for (const c of idle) c.socket.destroy();
 lat.sort((a, b) => a - b);
 const pct = (p: number) => +(lat[Math.min(lat.length - 1, Math.floor((p / 100) * lat.length))] ?? NaN).toFixed(3);
-console.log(JSON.stringify({ sent: sent - counted, ok, p50: pct(50), p90: pct(90), p99: pct(99), max: +(lat.at(-1) ?? NaN).toFixed(3) }));
+console.log(JSON.stringify({ sent: sent - counted, total: sent, ok, p50: pct(50), p90: pct(90), p99: pct(99), max: +(lat.at(-1) ?? NaN).toFixed(3) }));

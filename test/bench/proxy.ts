@@ -128,14 +128,17 @@ async function inRounds<K extends string, R extends { steal: number }>(runs: Rec
   };
 }
 
-/** p99 latency at a fixed rate, from the open-loop generator in its own process, in ms; and the machine's steal meanwhile. */
-async function fixedRateP99(url: string, rate: number, headers: Record<string, string> = {}): Promise<{ p99: number; steal: number }> {
+/**
+ * p99 latency at a fixed rate, from the open-loop generator in its own process, in ms; the
+ * machine's steal meanwhile; and how many requests it sent in all (its warm-up's included).
+ */
+async function fixedRateP99(url: string, rate: number, headers: Record<string, string> = {}): Promise<{ p99: number; steal: number; total: number }> {
   const script = join(import.meta.dirname, 'openloop.js');
   const args = [script, url, String(Math.round(rate)), String(seconds), JSON.stringify(headers)];
   const { value: { stdout }, steal } = await withSteal(() => run(process.execPath, args, { timeout: (seconds + 60) * 1000 }));
-  const res = JSON.parse(stdout) as { sent: number; ok: number; p99: number };
+  const res = JSON.parse(stdout) as { sent: number; total: number; ok: number; p99: number };
   if (res.ok !== res.sent) throw new Error(`open-loop load saw ${res.sent - res.ok} failures against ${url}`);
-  return { p99: res.p99, steal };
+  return { p99: res.p99, steal, total: res.total };
 }
 
 /** The bare Node TCP relay (`relay.ts`) in front of the upstream, in its own process: its port. */
@@ -424,7 +427,9 @@ http {
     writeFileSync(back, `${benchResources(pUp)}---\n${encodeYaml([more[0]!])}`);
     const many = await startOurs(join(dir, 'many'), pUp, []);
     try {
-      const measure = () => wrk(`http://${many.d.publicAddress}/api/items`, { authorization: `Bearer ${many.token}`, Host: 'api.bench.test' }, many.d.proc.pid);
+      const manyUrl = `http://${many.d.publicAddress}/api/items`;
+      const manyHeaders = { authorization: `Bearer ${many.token}`, Host: 'api.bench.test' };
+      const measure = () => wrk(manyUrl, manyHeaders, many.d.proc.pid);
       const change = async (args: string[]) => {
         await many.ctl(args);
         await settled(many.d.proc.pid!);
@@ -464,9 +469,9 @@ http {
       const atFixedRate = async () => {
         const pid = many.d.proc.pid!;
         const before = cpuMs(pid);
-        const r = await fixedRateP99(`http://${many.d.publicAddress}/api/items`, fixed, { authorization: `Bearer ${many.token}`, Host: 'api.bench.test' });
-        // The generator sends `fixed` a second for its 2 s warm-up and the run, all counted here.
-        return { ...r, cpuUs: ((cpuMs(pid) - before) * 1000) / (fixed * (seconds + 2)) };
+        const r = await fixedRateP99(manyUrl, fixed, manyHeaders);
+        // The CPU time covers the generator's warm-up too: divided by every request it sent.
+        return { ...r, cpuUs: ((cpuMs(pid) - before) * 1000) / r.total };
       };
       const atRate = await inRounds({ one: () => configure('one').then(atFixedRate), loaded: () => configure('loaded').then(atFixedRate) }, 5, { alternate: true });
       const growth = atRate.med((x) => x.loaded.cpuUs / x.one.cpuUs - 1);

@@ -1,4 +1,4 @@
-import { dnsOffset, ipv4At, ipv6At, servicePort, splitNamespaced, type AnyResource } from '@postern/apis';
+import { dnsOffset, ipv4At, ipv6At, servicePort, splitNamespaced } from '@postern/apis';
 import { DnsServer } from '@postern/dns';
 import { GatewayAgent, runTool, type Implementation } from '@postern/gateway-agent';
 import type { ResourceCache, ResourceStore } from '@postern/store';
@@ -24,11 +24,6 @@ export interface GatewayOptions {
   heartbeatSeconds?: number;
   /** Where the DNS listens; default port 53 on the DNS address of the Service range. */
   dnsPort?: number;
-}
-
-/** The port a Service's listener uses (`servicePort`). */
-export function listenerPort(svc: AnyResource): number {
-  return servicePort(svc.spec as { port?: number; isTLS?: boolean });
 }
 
 /**
@@ -98,7 +93,7 @@ export class GatewayHost {
         this.deps.logger.warn({ service: svc.metadata.name, mode }, 'this Service mode is not served by the proxy yet');
         continue;
       }
-      want.set(svc.metadata.name, { ip, port: listenerPort(svc) });
+      want.set(svc.metadata.name, { ip, port: servicePort(svc.spec as { port?: number; isTLS?: boolean }) });
     }
     for (const [name, have] of this.listening) {
       const next = want.get(name);

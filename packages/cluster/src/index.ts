@@ -5,6 +5,6 @@
  */
 export { startCluster, type ClusterOptions, type RunningCluster } from './cluster.js';
 export { initCluster, bootstrapResources, clusterInfo, ensureClusterInfo, type ClusterInfo } from './init.js';
-export { GatewayHost, listenerPort, type GatewayOptions } from './gateway.js';
+export { GatewayHost, type GatewayOptions } from './gateway.js';
 export { clusterTls, fingerprint, type ClusterTls } from './tls.js';
 export { posterndLogger } from './log.js';
