@@ -86,7 +86,13 @@ spec:
       assert.equal(statusOf(r), 200, r);
       assert.equal(up.last()!.url, '/docs/a/c~?q=%2e%2e');
     });
-    for (const path of ['/a%00b', '/a%zz', '/a\\..\\admin', '/x%5c..%5cadmin']) {
+    it('forwards path parameters that do not make a dot segment, as they came', async () => {
+      const r = await raw(port, from, 'GET /docs;jsessionid=1/a HTTP/1.1\r\nHost: guarded\r\nConnection: close\r\n\r\n');
+      assert.equal(statusOf(r), 200, r);
+      assert.equal(up.last()!.url, '/docs;jsessionid=1/a');
+    });
+    // `..;` is `..` to Tomcat, Jetty and Spring behind the proxy: /admin to them, /public/… to a policy.
+    for (const path of ['/a%00b', '/a%zz', '/a\\..\\admin', '/x%5c..%5cadmin', '/public/..;/admin', '/public/%2e%2e;x=1/admin']) {
       it(`rejects ${JSON.stringify(path)} with 400`, async () => {
         const before = up.seen.length;
         const r = await raw(port, from, `GET ${path} HTTP/1.1\r\nHost: guarded\r\nConnection: close\r\n\r\n`);

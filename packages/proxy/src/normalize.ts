@@ -1,13 +1,19 @@
 /**
  * Request-target normalisation, done before policy evaluation; the normalised path is what the
  * upstream receives, so a policy on `/admin` cannot be dodged with `/public/../admin`,
- * `/%2e%2e/admin`, `/public%2f..%2fadmin` or `//admin`.
+ * `/%2e%2e/admin`, `/public%2f..%2fadmin`, `//admin` or `/public/..;/admin`.
  */
 export type TargetResult = { ok: true; path: string; query: string } | { ok: false; reason: string };
 
 const unreserved = /[A-Za-z0-9\-._~]/;
 /** What the slow path below would change or refuse; a path with none of it is already normal. */
-const needsWork = /[^\x21-\x7e]|[%\\]|\/\/|\/\.\.?(?:\/|$)/;
+const needsWork = /[^\x21-\x7e]|[%\\]|\/\/|\/\.\.?(?:[/;]|$)/;
+/**
+ * A dot segment with path parameters (`..;`, `..;x=1`, `.;`). Tomcat, Jetty and the Java
+ * servers behind Spring take the parameters off and then read `..`: `/public/..;/admin` is
+ * `/admin` to them and `/public/...` to a policy. Refused, as Spring Security's firewall does.
+ */
+const dotWithParams = /(?:^|\/)\.\.?;/;
 
 /** RFC 3986 §5.2.4, on a path whose `%2e` and `%2f` are already decoded. */
 function removeDotSegments(path: string): string {
@@ -49,6 +55,8 @@ export function normalizeTarget(target: string): TargetResult {
     const c = rawPath[i]!;
     const code = c.charCodeAt(0);
     if (code < 0x21 || code === 0x7f) return { ok: false, reason: 'control character or space in path' };
+    // HTTP/1.1's parser refuses these already; an HTTP/2 :path reaches here as it came.
+    if (code > 0x7f) return { ok: false, reason: 'character outside ASCII in path (percent-encode it)' };
     if (c === '\\') return { ok: false, reason: 'backslash in path' };
     if (c !== '%') {
       path += c;
@@ -62,6 +70,7 @@ export function normalizeTarget(target: string): TargetResult {
     path += ch === '/' || unreserved.test(ch) ? ch : `%${hex.toUpperCase()}`;
     i += 2;
   }
-  path = removeDotSegments(path.replace(/\/{2,}/g, '/'));
-  return { ok: true, path, query };
+  path = path.replace(/\/{2,}/g, '/');
+  if (dotWithParams.test(path)) return { ok: false, reason: "dot segment with path parameters ('..;') in path" };
+  return { ok: true, path: removeDotSegments(path), query };
 }
