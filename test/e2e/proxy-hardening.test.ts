@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { connect as http2Connect } from 'node:http2';
 import { connect } from 'node:net';
 import { after, before, describe, it } from 'node:test';
 import { RecordingUpstream, send, startTestCluster, type TestCluster } from '../harness/index.js';
@@ -33,6 +34,7 @@ describe('proxy hardening', () => {
   let tc: TestCluster;
   let up: RecordingUpstream;
   let port: number;
+  let token = '';
   const from = '127.0.60.2';
   const logLines: string[] = [];
 
@@ -61,11 +63,24 @@ spec:
               condition: {match: 'ctx.request.http.path.startsWith("/admin")'}
             - effect: ALLOW
               condition: {match: '"staff" in ctx.user.spec.groups'}
+---
+kind: Service
+metadata: {name: open}
+spec:
+  isPublic: true
+  config:
+    upstream: {url: "http://127.0.0.1:${up.port}"}
+  authorization:
+    inlinePolicies:
+      - spec:
+          rules:
+            - effect: ALLOW
+              condition: {match: '"staff" in ctx.user.spec.groups'}
 `;
     const r = await tc.cli('posternctl', ['apply', '-'], { stdin: yaml });
     assert.equal(r.code, 0, r.err);
     port = await tc.cluster.proxy!.listenService('guarded.default', '127.0.0.1', 0);
-    await tc.connectedSession('mallory', from);
+    token = (await tc.connectedSession('mallory', from)).accessToken;
   });
   after(async () => {
     await tc?.stop();
@@ -100,6 +115,41 @@ spec:
         assert.equal(up.seen.length, before);
       });
     }
+  });
+
+  describe('the host a request names is the one it is routed by', () => {
+    it('refuses an absolute-form target that names another host than Host', async () => {
+      const before = up.seen.length;
+      const r = await raw(port, from, 'GET http://admin.internal/admin HTTP/1.1\r\nHost: guarded\r\nConnection: close\r\n\r\n');
+      assert.equal(statusOf(r), 400, r);
+      assert.equal(up.seen.length, before);
+      const ok = await raw(port, from, 'GET http://guarded/docs HTTP/1.1\r\nHost: guarded\r\nConnection: close\r\n\r\n');
+      assert.equal(statusOf(ok), 200, ok);
+      assert.equal(up.last()!.url, '/docs', 'origin form upstream');
+    });
+
+    it('refuses HTTP/2 whose Host names another Service than :authority', async () => {
+      const session = http2Connect(`https://127.0.0.1:${tc.cluster.publicAddress!.split(':').at(-1)}`, { ca: tc.cluster.caPem!, servername: `open.${tc.domain}` });
+      const get = (headers: Record<string, string>) =>
+        new Promise<number>((resolve, reject) => {
+          const req = session.request({ ':path': '/x', ':authority': `open.${tc.domain}`, authorization: `Bearer ${token}`, ...headers });
+          req.on('response', (h) => {
+            req.resume();
+            req.on('end', () => resolve(Number(h[':status'])));
+          });
+          req.on('error', reject);
+          req.end();
+        });
+      try {
+        const before = up.seen.length;
+        assert.equal(await get({ host: `guarded.${tc.domain}` }), 400);
+        assert.equal(up.seen.length, before, 'nothing forwarded');
+        assert.equal(await get({ host: `OPEN.${tc.domain}` }), 200, 'the same host in another case is the same host');
+        assert.equal(await get({}), 200);
+      } finally {
+        session.close();
+      }
+    });
   });
 
   describe('request smuggling is refused with 400 and never forwarded', () => {
