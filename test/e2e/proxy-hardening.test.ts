@@ -76,6 +76,20 @@ spec:
           rules:
             - effect: ALLOW
               condition: {match: '"staff" in ctx.user.spec.groups'}
+---
+kind: Service
+metadata: {name: open-pass}
+spec:
+  isPublic: true
+  config:
+    upstream: {url: "http://127.0.0.1:${up.port}"}
+    http: {header: {authorizationMode: PASS}}
+  authorization:
+    inlinePolicies:
+      - spec:
+          rules:
+            - effect: ALLOW
+              condition: {match: '"staff" in ctx.user.spec.groups'}
 `;
     const r = await tc.cli('posternctl', ['apply', '-'], { stdin: yaml });
     assert.equal(r.code, 0, r.err);
@@ -86,6 +100,24 @@ spec:
     await tc?.stop();
     await up?.stop();
   });
+
+  /** One HTTP/2 GET of /x on the public HTTPS listener, as `<svc>.<domain>`: the status. */
+  async function h2get(svc: string, headers: Record<string, string>): Promise<number> {
+    const session = http2Connect(`https://127.0.0.1:${tc.cluster.publicAddress!.split(':').at(-1)}`, { ca: tc.cluster.caPem!, servername: `${svc}.${tc.domain}` });
+    try {
+      return await new Promise<number>((resolve, reject) => {
+        const req = session.request({ ':path': '/x', ':authority': `${svc}.${tc.domain}`, ...headers });
+        req.on('response', (h) => {
+          req.resume();
+          req.on('end', () => resolve(Number(h[':status'])));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    } finally {
+      session.close();
+    }
+  }
 
   describe('path normalisation happens before policy, and is what the upstream gets', () => {
     for (const path of ['/public/../admin', '/%2e%2e/admin', '/public/%2E%2E/admin', '/public%2f..%2fadmin', '//admin', '/./admin', '/public/..%2Fadmin', '/a/b/../../admin/x', '/%61dmin']) {
@@ -129,26 +161,24 @@ spec:
     });
 
     it('refuses HTTP/2 whose Host names another Service than :authority', async () => {
-      const session = http2Connect(`https://127.0.0.1:${tc.cluster.publicAddress!.split(':').at(-1)}`, { ca: tc.cluster.caPem!, servername: `open.${tc.domain}` });
-      const get = (headers: Record<string, string>) =>
-        new Promise<number>((resolve, reject) => {
-          const req = session.request({ ':path': '/x', ':authority': `open.${tc.domain}`, authorization: `Bearer ${token}`, ...headers });
-          req.on('response', (h) => {
-            req.resume();
-            req.on('end', () => resolve(Number(h[':status'])));
-          });
-          req.on('error', reject);
-          req.end();
-        });
-      try {
-        const before = up.seen.length;
-        assert.equal(await get({ host: `guarded.${tc.domain}` }), 400);
-        assert.equal(up.seen.length, before, 'nothing forwarded');
-        assert.equal(await get({ host: `OPEN.${tc.domain}` }), 200, 'the same host in another case is the same host');
-        assert.equal(await get({}), 200);
-      } finally {
-        session.close();
-      }
+      const before = up.seen.length;
+      assert.equal(await h2get('open', { host: `guarded.${tc.domain}`, authorization: `Bearer ${token}` }), 400);
+      assert.equal(up.seen.length, before, 'nothing forwarded');
+      assert.equal(await h2get('open', { host: `OPEN.${tc.domain}`, authorization: `Bearer ${token}` }), 200, 'the same host in another case is the same host');
+      assert.equal(await h2get('open', { authorization: `Bearer ${token}` }), 200);
+    });
+  });
+
+  describe('the gateway\'s access token never reaches an upstream', () => {
+    it('not even with authorizationMode PASS, when it is the Authorization the caller was identified by', async () => {
+      assert.equal(await h2get('open-pass', { authorization: `Bearer ${token}` }), 200);
+      assert.equal(up.last()!.headers.authorization, undefined);
+      assert.equal(up.last()!.headers['x-postern-user'], 'mallory');
+    });
+    it('while PASS still passes the caller\'s own Authorization for the app, identity coming from x-postern-auth', async () => {
+      assert.equal(await h2get('open-pass', { 'x-postern-auth': token, authorization: 'Bearer app-token' }), 200);
+      assert.equal(up.last()!.headers.authorization, 'Bearer app-token');
+      assert.equal(up.last()!.headers['x-postern-auth'], undefined);
     });
   });
 

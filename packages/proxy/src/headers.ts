@@ -1,6 +1,6 @@
 import type { IncomingHttpHeaders } from 'node:http';
 import type { ProxyRequest } from './exchange.js';
-import { plainIp, type Caller } from './identity.js';
+import { plainIp, tokenFromRequest, type Caller } from './identity.js';
 import type { Route } from './routes.js';
 
 /** Headers that describe one connection, never forwarded (RFC 9110 §7.6.1). */
@@ -66,7 +66,8 @@ export function framingProblem(rawHeaders: readonly string[]): string | undefine
 /**
  * The headers sent upstream: the caller's, less hop-by-hop ones, the caller's `x-forwarded-*`
  * and `x-postern-*` (never trusted), the `postern_auth` cookie and, unless
- * `authorizationMode: PASS`, the caller's Authorization; then `x-forwarded-*`, the request ID
+ * `authorizationMode: PASS`, the caller's Authorization (even then, not when it carried the
+ * access token the caller was identified by); then `x-forwarded-*`, the request ID
  * the caller's answer and the access log carry (`x-postern-request-id`, so the upstream's own logs
  * can be matched with the gateway's), the caller's identity, and the route's own.
  */
@@ -79,7 +80,12 @@ export function upstreamHeaders(req: ProxyRequest, rid: string, caller: Caller |
       continue;
     }
     if (v === undefined || k.startsWith(':') || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k.startsWith('x-postern-')) continue;
-    if (k === 'authorization' && !route.passAuthorization && !anonymous) continue;
+    if (k === 'authorization' && !anonymous) {
+      if (!route.passAuthorization) continue;
+      // PASS is for the upstream's own credentials: the gateway's access token, when the caller
+      // was identified by it, never leaves the gateway (an upstream could replay it to others).
+      if (caller?.via === 'token' && typeof v === 'string' && tokenFromRequest(req.headers) === tokenFromRequest({ authorization: v })) continue;
+    }
     if (k === 'cookie' && typeof v === 'string' && v.includes('postern_auth=')) {
       const rest = v.split(';').map((c) => c.trim()).filter((c) => !c.startsWith('postern_auth='));
       if (rest.length) out.cookie = rest.join('; ');
