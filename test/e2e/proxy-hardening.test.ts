@@ -219,6 +219,7 @@ spec:
         'x-forwarded-for': '6.6.6.6',
         'x-forwarded-host': 'evil.example',
         forwarded: 'for=6.6.6.6',
+        'x-real-ip': '6.6.6.6',
         'x-postern-user': 'root',
         'x-postern-groups': 'ops',
         'x-postern-request-id': 'chosen-by-the-caller',
@@ -228,6 +229,7 @@ spec:
     const h = up.last()!.headers;
     for (const name of ['x-hop-secret', 'keep-alive', 'proxy-authorization', 'te', 'forwarded']) assert.equal(h[name], undefined, name);
     assert.equal(h['x-forwarded-for'], from);
+    assert.equal(h['x-real-ip'], from);
     assert.equal(h['x-forwarded-proto'], 'http');
     assert.equal(h['x-postern-user'], 'mallory');
     assert.equal(h['x-postern-groups'], 'staff');

@@ -64,8 +64,8 @@ export function framingProblem(rawHeaders: readonly string[]): string | undefine
 }
 
 /**
- * The headers sent upstream: the caller's, less hop-by-hop ones, the caller's `x-forwarded-*`
- * and `x-postern-*` (never trusted), the `postern_auth` cookie and, unless
+ * The headers sent upstream: the caller's, less hop-by-hop ones, the caller's `x-forwarded-*`,
+ * `x-real-ip` and `x-postern-*` (never trusted), the `postern_auth` cookie and, unless
  * `authorizationMode: PASS`, the caller's Authorization (even then, not when it carried the
  * access token the caller was identified by); then `x-forwarded-*`, the request ID
  * the caller's answer and the access log carry (`x-postern-request-id`, so the upstream's own logs
@@ -79,7 +79,7 @@ export function upstreamHeaders(req: ProxyRequest, rid: string, caller: Caller |
       out.te = 'trailers'; // gRPC needs it, and HTTP/2 allows exactly this value
       continue;
     }
-    if (v === undefined || k.startsWith(':') || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k.startsWith('x-postern-')) continue;
+    if (v === undefined || k.startsWith(':') || drop.has(k) || k === 'host' || k.startsWith('x-forwarded-') || k === 'forwarded' || k === 'x-real-ip' || k.startsWith('x-postern-')) continue;
     if (k === 'authorization' && !anonymous) {
       if (!route.passAuthorization) continue;
       // PASS is for the upstream's own credentials: the gateway's access token, when the caller
@@ -97,6 +97,8 @@ export function upstreamHeaders(req: ProxyRequest, rid: string, caller: Caller |
   out.host = upstream.host;
   const peer = plainIp(req.socket.remoteAddress);
   out['x-forwarded-for'] = peer;
+  // nginx's name for the same (`proxy_set_header X-Real-IP $remote_addr`), which many apps read.
+  out['x-real-ip'] = peer;
   out['x-forwarded-proto'] = isPublic ? 'https' : 'http';
   const host = req.headers.host ?? (req.headers[':authority'] as string | undefined);
   if (host) out['x-forwarded-host'] = host;
