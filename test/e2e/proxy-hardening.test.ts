@@ -167,6 +167,11 @@ spec:
       assert.equal(await h2get('open', { host: `OPEN.${tc.domain}`, authorization: `Bearer ${token}` }), 200, 'the same host in another case is the same host');
       assert.equal(await h2get('open', { authorization: `Bearer ${token}` }), 200);
     });
+
+    it('answers a malformed postern_auth cookie with 401, not a gateway failure', async () => {
+      assert.equal(await h2get('open', { cookie: 'postern_auth=%E0%A4%A' }), 401);
+      assert.equal(await h2get('open', { cookie: `a=1; postern_auth=${encodeURIComponent(token)}` }), 200);
+    });
   });
 
   describe('the gateway\'s access token never reaches an upstream', () => {

@@ -116,7 +116,13 @@ export function tokenFromRequest(headers: Record<string, string | string[] | und
   if (typeof cookie === 'string') {
     for (const part of cookie.split(';')) {
       const [k, ...v] = part.trim().split('=');
-      if (k === 'postern_auth' && v.length) return decodeURIComponent(v.join('='));
+      if (k === 'postern_auth' && v.length) {
+        try {
+          return decodeURIComponent(v.join('='));
+        } catch {
+          return undefined; // not a token (a bad %-escape): the caller has no identity, 401
+        }
+      }
     }
   }
   const authz = headers.authorization;
