@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { connect as http2Connect } from 'node:http2';
 import { connect } from 'node:net';
+import { connect as tlsConnect } from 'node:tls';
 import { after, before, describe, it } from 'node:test';
 import { RecordingUpstream, send, startTestCluster, type TestCluster } from '../harness/index.js';
 
@@ -158,6 +159,25 @@ spec:
       const ok = await raw(port, from, 'GET http://guarded/docs HTTP/1.1\r\nHost: guarded\r\nConnection: close\r\n\r\n');
       assert.equal(statusOf(ok), 200, ok);
       assert.equal(up.last()!.url, '/docs', 'origin form upstream');
+    });
+
+    it('refuses the same on the public HTTPS listener over HTTP/1.1 (Node\'s parser there)', async () => {
+      const https = (request: string) =>
+        new Promise<string>((resolve, reject) => {
+          const s = tlsConnect({ host: '127.0.0.1', port: Number(tc.cluster.publicAddress!.split(':').at(-1)), ca: tc.cluster.caPem!, servername: `open.${tc.domain}`, ALPNProtocols: ['http/1.1'] });
+          let out = '';
+          s.on('data', (d: Buffer) => (out += d.toString('latin1')));
+          s.on('end', () => resolve(out));
+          s.on('error', reject);
+          s.write(request);
+        });
+      const before = up.seen.length;
+      const bad = await https(`GET http://guarded.${tc.domain}/admin HTTP/1.1\r\nHost: open.${tc.domain}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`);
+      assert.equal(statusOf(bad), 400, bad);
+      assert.equal(up.seen.length, before);
+      const ok = await https(`GET https://open.${tc.domain}/y HTTP/1.1\r\nHost: open.${tc.domain}\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`);
+      assert.equal(statusOf(ok), 200, ok);
+      assert.equal(up.last()!.url, '/y');
     });
 
     it('refuses HTTP/2 whose Host names another Service than :authority', async () => {

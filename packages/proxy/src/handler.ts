@@ -11,7 +11,7 @@ import { answer, PluginRunner, type PluginRequestState, type RateCounter } from 
 import { HttpError, replyError, replyErrorOnSocket } from './http-error.js';
 import { counted, drain, readLimited } from './bodies.js';
 import { answerPreflight, corsResponseHeaders } from './cors.js';
-import { connectionHeaders, flatHeaders, framingProblem, pluginCannotChange, upstreamHeaders } from './headers.js';
+import { connectionHeaders, flatHeaders, framingProblem, pluginCannotChange, twoHosts, upstreamHeaders } from './headers.js';
 import { IdentityIndex, plainIp, tokenFromRequest, type Caller } from './identity.js';
 import { normalizeTarget } from './normalize.js';
 import { compileService, rewritePath, type CompiledService, type Endpoint, type Route } from './routes.js';
@@ -261,10 +261,8 @@ export class ProxyCore {
     // (The proxy's own HTTP/1.1 listener refused these before the request got here.)
     const framing = req.httpVersionMajor === 2 || req.framingChecked ? undefined : framingProblem(req.rawHeaders);
     if (framing) throw new HttpError(400, 'ambiguous request framing', framing);
-    // HTTP/2 (RFC 9113 §8.3.1): a Host header naming another host than :authority is malformed;
-    // the Service is found by Host, so the two must not disagree.
-    const authority = req.headers[':authority'];
-    if (typeof authority === 'string' && req.headers.host !== undefined && req.headers.host.toLowerCase() !== authority.toLowerCase()) throw new HttpError(400, 'the Host header names another host than :authority', 'Host and :authority differ');
+    const hosts = twoHosts(req);
+    if (hosts) throw new HttpError(400, 'the request names two different hosts', hosts);
     const target = normalizeTarget(req.url ?? '');
     if (!target.ok) throw new HttpError(400, 'bad request path', target.reason);
     log.path = target.path;

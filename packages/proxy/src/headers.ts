@@ -64,6 +64,23 @@ export function framingProblem(rawHeaders: readonly string[]): string | undefine
 }
 
 /**
+ * Whether the request names two hosts: an absolute-form target (`GET http://host/…`, RFC 9112
+ * §3.2.2) whose host is not the Host header, or an HTTP/2 Host header that is not `:authority`
+ * (RFC 9113 §8.3.1). The proxy routes by one of them; a request that names two is refused
+ * rather than routed by either. Returns the reason, or undefined.
+ */
+export function twoHosts(req: ProxyRequest): string | undefined {
+  const host = req.headers.host?.toLowerCase();
+  const authority = req.headers[':authority'];
+  if (typeof authority === 'string' && host !== undefined && host !== authority.toLowerCase()) return 'the Host header names another host than :authority';
+  const url = req.url ?? '';
+  if (url.charCodeAt(0) === 47) return undefined; // origin form, the usual case: '/'
+  const absolute = /^https?:\/\/([^/?#]*)/i.exec(url);
+  if (absolute && absolute[1]!.toLowerCase() !== (host ?? (typeof authority === 'string' ? authority.toLowerCase() : ''))) return 'the request target names another host than the Host header';
+  return undefined;
+}
+
+/**
  * The headers sent upstream: the caller's, less hop-by-hop ones, the caller's `x-forwarded-*`,
  * `x-real-ip` and `x-postern-*` (never trusted), the `postern_auth` cookie and, unless
  * `authorizationMode: PASS`, the caller's Authorization (even then, not when it carried the

@@ -132,10 +132,6 @@ export function parseHead(text: string, maxHeaders = 1000): RequestHead {
 
   if (minor === 1 && hosts !== 1) throw new ParseError(400, hosts ? 'more than one Host header' : 'missing Host header');
   if (hosts > 1) throw new ParseError(400, 'more than one Host header');
-  // Absolute form (RFC 9112 §3.2.2): the target's authority is the host; one that names another
-  // host than the Host header is refused rather than routed by either.
-  const absolute = /^https?:\/\/([^/?#]*)/i.exec(url);
-  if (absolute && absolute[1]!.toLowerCase() !== String(headers.host ?? '').toLowerCase()) throw new ParseError(400, 'the request target names another host than the Host header');
   let body: RequestHead['body'] = { kind: 'none' };
   if (contentLengths > 1) throw new ParseError(400, 'more than one Content-Length');
   if (transferEncoding !== undefined) {
