@@ -70,13 +70,14 @@ export function framingProblem(rawHeaders: readonly string[]): string | undefine
  * rather than routed by either. Returns the reason, or undefined.
  */
 export function twoHosts(req: ProxyRequest): string | undefined {
-  const host = req.headers.host?.toLowerCase();
+  const { host } = req.headers;
   const authority = req.headers[':authority'];
-  if (typeof authority === 'string' && host !== undefined && host !== authority.toLowerCase()) return 'the Host header names another host than :authority';
+  const named = typeof authority === 'string' ? authority.toLowerCase() : undefined;
+  if (named !== undefined && host !== undefined && host.toLowerCase() !== named) return 'the Host header names another host than :authority';
   const url = req.url ?? '';
   if (url.charCodeAt(0) === 47) return undefined; // origin form, the usual case: '/'
   const absolute = /^https?:\/\/([^/?#]*)/i.exec(url);
-  if (absolute && absolute[1]!.toLowerCase() !== (host ?? (typeof authority === 'string' ? authority.toLowerCase() : ''))) return 'the request target names another host than the Host header';
+  if (absolute && absolute[1]!.toLowerCase() !== (host?.toLowerCase() ?? named ?? '')) return 'the request target names another host than the Host header';
   return undefined;
 }
 
