@@ -1,6 +1,7 @@
 import { generateKeyPairSync, createPrivateKey, createPublicKey } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import { createConnection, isIP } from 'node:net';
 import { join } from 'node:path';
 import { execa as execaRaw, type Options } from 'execa';
 
@@ -46,6 +47,12 @@ export function publicKeyOf(privateKey: string): string {
   const d = Buffer.from(privateKey, 'base64').toString('base64url');
   const pub = createPublicKey(createPrivateKey({ key: { kty: 'OKP', crv: 'X25519', d, x: '' }, format: 'jwk' }));
   return Buffer.from(pub.export({ format: 'jwk' }).x!, 'base64url').toString('base64');
+}
+
+/** An endpoint as `ip:port` or `[ipv6]:port`, which UAPI takes as it is (it resolves no host names). */
+function literalEndpoint(endpoint: string): boolean {
+  const m = /^\[([^\]]+)\]:\d+$/.exec(endpoint) ?? /^([^:]+):\d+$/.exec(endpoint);
+  return m !== null && isIP(m[1]!) !== 0;
 }
 
 const userspaceEnv = { WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD: '1' };
@@ -109,7 +116,34 @@ export class WireGuardInterface {
     await this.ip(['route', 'replace', cidr, 'dev', this.name], cidr.includes(':'));
   }
 
+  /**
+   * One request on wireguard-go's UAPI socket (what `wg` itself speaks to it): the answer's lines
+   * before `errno=0`. Used for a userspace interface instead of starting a `wg` process per
+   * change, which on a loaded two-core gateway took tens of ms before the peer was set.
+   */
+  private uapi(request: string): Promise<string[]> {
+    return new Promise((resolve, reject) => {
+      const c = createConnection(`${socketDir}/${this.name}.sock`);
+      let text = '';
+      c.setEncoding('utf8');
+      c.setTimeout(10_000, () => c.destroy(new Error(`no answer on ${this.name}'s control socket within 10 s`)));
+      c.on('data', (d: string) => {
+        text += d;
+        if (text.endsWith('\n\n')) c.end();
+      });
+      c.on('close', () => {
+        const lines = text.split('\n').filter(Boolean);
+        const errno = lines.pop();
+        if (errno === 'errno=0') resolve(lines);
+        else reject(new Error(`wireguard-go (${this.name}) refused the change: ${errno ?? 'no answer'}`));
+      });
+      c.on('error', reject);
+      c.write(`${request}\n`);
+    });
+  }
+
   async status(): Promise<{ publicKey: string; listenPort: number; peers: PeerStatus[] }> {
+    if (this.implementation === 'userspace') return this.statusUapi();
     const { stdout } = await runTool('wg', ['show', this.name, 'dump']);
     const [head, ...lines] = stdout.trim().split('\n');
     const h = head!.split('\t');
@@ -128,13 +162,40 @@ export class WireGuardInterface {
     return { publicKey: h[1]!, listenPort: Number(h[2]), peers };
   }
 
+  /** `status()` read from the UAPI socket, in `wg show dump`'s terms (keys base64, keepalive 0 = off). */
+  private async statusUapi(): Promise<{ publicKey: string; listenPort: number; peers: PeerStatus[] }> {
+    const hexToKey = (hex: string) => Buffer.from(hex, 'hex').toString('base64');
+    let publicKey = '';
+    let listenPort = 0;
+    const peers: PeerStatus[] = [];
+    let peer: PeerStatus | undefined;
+    for (const line of await this.uapi('get=1\n')) {
+      const eq = line.indexOf('=');
+      const [key, value] = [line.slice(0, eq), line.slice(eq + 1)];
+      if (key === 'public_key') peers.push((peer = { publicKey: hexToKey(value), allowedIps: [], latestHandshake: 0, rxBytes: 0, txBytes: 0 }));
+      else if (!peer) {
+        if (key === 'private_key') publicKey = publicKeyOf(hexToKey(value));
+        else if (key === 'listen_port') listenPort = Number(value);
+      } else if (key === 'allowed_ip') peer.allowedIps.push(value);
+      else if (key === 'endpoint') peer.endpoint = value;
+      else if (key === 'persistent_keepalive_interval' && Number(value) > 0) peer.keepalive = Number(value);
+      else if (key === 'last_handshake_time_sec') peer.latestHandshake = Number(value);
+      else if (key === 'rx_bytes') peer.rxBytes = Number(value);
+      else if (key === 'tx_bytes') peer.txBytes = Number(value);
+    }
+    return { publicKey, listenPort, peers };
+  }
+
   /**
    * Makes the peers exactly `desired`: adds the missing, updates the changed, removes the rest,
-   * in one `wg set` call. Returns what it did.
+   * in one change: one UAPI request for wireguard-go, one `wg set` call for the kernel module (and
+   * for endpoints given as host names, which only `wg` resolves). Returns what it did.
    */
   async syncPeers(desired: readonly Peer[]): Promise<{ added: number; updated: number; removed: number }> {
     const current = new Map((await this.status()).peers.map((p) => [p.publicKey, p]));
     const args: string[] = [];
+    const uapi: string[] = [];
+    const hex = (key: string) => Buffer.from(key, 'base64').toString('hex');
     let added = 0;
     let updated = 0;
     let removed = 0;
@@ -148,14 +209,20 @@ export class WireGuardInterface {
       args.push('peer', p.publicKey, 'allowed-ips', p.allowedIps.join(','));
       if (p.endpoint) args.push('endpoint', p.endpoint);
       args.push('persistent-keepalive', String(p.keepalive ?? 0));
+      uapi.push(`public_key=${hex(p.publicKey)}`, 'replace_allowed_ips=true', ...p.allowedIps.map((ip) => `allowed_ip=${ip}`));
+      if (p.endpoint) uapi.push(`endpoint=${p.endpoint}`);
+      uapi.push(`persistent_keepalive_interval=${p.keepalive ?? 0}`);
     }
     for (const key of current.keys()) {
       if (!want.has(key)) {
         args.push('peer', key, 'remove');
+        uapi.push(`public_key=${hex(key)}`, 'remove=true');
         removed++;
       }
     }
-    if (args.length) await runTool('wg', ['set', this.name, ...args]);
+    const named = desired.some((p) => p.endpoint !== undefined && !literalEndpoint(p.endpoint));
+    if (args.length && this.implementation === 'userspace' && !named) await this.uapi(`set=1\n${uapi.join('\n')}\n`);
+    else if (args.length) await runTool('wg', ['set', this.name, ...args]);
     return { added, updated, removed };
   }
 

@@ -26,6 +26,7 @@ describe('gateway agent: peers follow the store', () => {
     expiry: number;
     userDisabled: number;
     restart: { reconciledMs: number; startMs: number; liveDropped: boolean; peers: number };
+    statusSame: true | Record<string, unknown>;
   };
 
   before(() => {
@@ -65,5 +66,9 @@ describe('gateway agent: peers follow the store', () => {
     assert.equal(result.restart.liveDropped, false);
     assert.ok(result.restart.reconciledMs < 1000);
     assert.equal(result.restart.peers, 2, 'the live session and the one that connected while the agent was down');
+  });
+
+  it('reads the interface from wireguard-go\'s control socket exactly as `wg show dump` prints it', () => {
+    assert.equal(result.statusSame, true, JSON.stringify(result.statusSame));
   });
 });
