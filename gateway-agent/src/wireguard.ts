@@ -194,8 +194,18 @@ export class WireGuardInterface {
   async syncPeers(desired: readonly Peer[]): Promise<{ added: number; updated: number; removed: number }> {
     const current = new Map((await this.status()).peers.map((p) => [p.publicKey, p]));
     const args: string[] = [];
+    // UAPI is line-based: every value is checked to be what it says, so none can carry a line.
     const uapi: string[] = [];
-    const hex = (key: string) => Buffer.from(key, 'base64').toString('hex');
+    const hex = (key: string) => {
+      const bytes = Buffer.from(key, 'base64');
+      if (bytes.length !== 32 || bytes.toString('base64') !== key) throw new Error(`${JSON.stringify(key.slice(0, 60))} is not a WireGuard public key`);
+      return bytes.toString('hex');
+    };
+    const range = (cidr: string) => {
+      const [ip, bits, extra] = cidr.split('/');
+      if (extra !== undefined || !isIP(ip!) || !/^\d{1,3}$/.test(bits ?? '')) throw new Error(`${JSON.stringify(cidr.slice(0, 60))} is not an address range`);
+      return cidr;
+    };
     let added = 0;
     let updated = 0;
     let removed = 0;
@@ -209,7 +219,7 @@ export class WireGuardInterface {
       args.push('peer', p.publicKey, 'allowed-ips', p.allowedIps.join(','));
       if (p.endpoint) args.push('endpoint', p.endpoint);
       args.push('persistent-keepalive', String(p.keepalive ?? 0));
-      uapi.push(`public_key=${hex(p.publicKey)}`, 'replace_allowed_ips=true', ...p.allowedIps.map((ip) => `allowed_ip=${ip}`));
+      uapi.push(`public_key=${hex(p.publicKey)}`, 'replace_allowed_ips=true', ...p.allowedIps.map((ip) => `allowed_ip=${range(ip)}`));
       if (p.endpoint) uapi.push(`endpoint=${p.endpoint}`);
       uapi.push(`persistent_keepalive_interval=${p.keepalive ?? 0}`);
     }

@@ -27,6 +27,7 @@ describe('gateway agent: peers follow the store', () => {
     userDisabled: number;
     restart: { reconciledMs: number; startMs: number; liveDropped: boolean; peers: number };
     statusSame: true | Record<string, unknown>;
+    refusesLines: boolean;
   };
 
   before(() => {
@@ -70,5 +71,9 @@ describe('gateway agent: peers follow the store', () => {
 
   it('reads the interface from wireguard-go\'s control socket exactly as `wg show dump` prints it', () => {
     assert.equal(result.statusSame, true, JSON.stringify(result.statusSame));
+  });
+
+  it('refuses a key or address that would carry a second line to the control socket, and changes nothing', () => {
+    assert.equal(result.refusesLines, true);
   });
 });
