@@ -65,18 +65,20 @@ spec:
             - effect: ALLOW
               condition: {match: '"staff" in ctx.user.spec.groups'}
 ---
+kind: Policy
+metadata: {name: staff-only}
+spec:
+  rules:
+    - effect: ALLOW
+      condition: {match: '"staff" in ctx.user.spec.groups'}
+---
 kind: Service
 metadata: {name: open}
 spec:
   isPublic: true
   config:
     upstream: {url: "http://127.0.0.1:${up.port}"}
-  authorization:
-    inlinePolicies:
-      - spec:
-          rules:
-            - effect: ALLOW
-              condition: {match: '"staff" in ctx.user.spec.groups'}
+  authorization: {policies: [staff-only]}
 ---
 kind: Service
 metadata: {name: open-pass}
@@ -85,12 +87,7 @@ spec:
   config:
     upstream: {url: "http://127.0.0.1:${up.port}"}
     http: {header: {authorizationMode: PASS}}
-  authorization:
-    inlinePolicies:
-      - spec:
-          rules:
-            - effect: ALLOW
-              condition: {match: '"staff" in ctx.user.spec.groups'}
+  authorization: {policies: [staff-only]}
 `;
     const r = await tc.cli('posternctl', ['apply', '-'], { stdin: yaml });
     assert.equal(r.code, 0, r.err);
