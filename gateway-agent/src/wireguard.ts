@@ -135,7 +135,7 @@ export class WireGuardInterface {
         const lines = text.split('\n').filter(Boolean);
         const errno = lines.pop();
         if (errno === 'errno=0') resolve(lines);
-        else reject(new Error(`wireguard-go (${this.name}) refused the change: ${errno ?? 'no answer'}`));
+        else reject(new Error(`wireguard-go (${this.name}) did not accept the request: ${errno ?? 'no answer'}`));
       });
       c.on('error', reject);
       c.write(`${request}\n`);
