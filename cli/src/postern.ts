@@ -1,7 +1,7 @@
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, openSync, readFileSync, writeFileSync } from 'node:fs';
-import { WireGuardInterface } from '@postern/gateway-agent';
-import type { ConnectState } from '@postern/apiserver';
+import { WireGuardInterface } from '@postern/gateway-agent/wireguard';
+import type { ConnectState } from '@postern/apiserver/client';
 import { bringUp, chooseGateway, clientInfo, gatewayPeer, generateKeyPair, isAlive, readTunnelState, tearDown, tunnelStateFile, wgQuickConfig, writeTunnelState, type TunnelState } from './tunnel.js';
 import { resolve } from 'node:path';
 import { PosternError, isPosternError } from '@postern/apis';

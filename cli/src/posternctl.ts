@@ -5,7 +5,7 @@ import { locateServerIssues, readApplyInput } from './apply-input.js';
 import { notImplemented, program, run } from './command.js';
 import type { Io } from './io.js';
 import { parseOutput, printResources, table } from './output.js';
-import type { ExplainResponse } from '@postern/apiserver';
+import type { ExplainResponse } from '@postern/apiserver/client';
 import { connect } from './session.js';
 
 function kindOf(word: string) {

@@ -1,6 +1,6 @@
 import { isIP } from 'node:net';
 import { PosternError, isPosternError } from '@postern/apis';
-import { ApiClient } from '@postern/apiserver';
+import { ApiClient } from '@postern/apiserver/client';
 import { loadSession, resolveDomain, saveSession, type SavedSession } from './config.js';
 import type { Io } from './io.js';
 

@@ -3,8 +3,8 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, rmSync, writeFileSync }
 import { hostname, platform } from 'node:os';
 import { join } from 'node:path';
 import { PosternError } from '@postern/apis';
-import type { ConnectState } from '@postern/apiserver';
-import { WireGuardInterface, generateKeyPair, runTool, type Implementation } from '@postern/gateway-agent';
+import type { ConnectState } from '@postern/apiserver/client';
+import { WireGuardInterface, generateKeyPair, runTool, type Implementation } from '@postern/gateway-agent/wireguard';
 import { configDir } from './config.js';
 import type { Io } from './io.js';
 

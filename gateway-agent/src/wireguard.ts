@@ -3,11 +3,18 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { createConnection, isIP } from 'node:net';
 import { join } from 'node:path';
-import { execa as execaRaw, type Options } from 'execa';
+import type { Options } from 'execa';
+
+/**
+ * execa, loaded on the first tool run: it is ~150 ms of module loading, which every `postern`
+ * command paid at start-up whether it ran a tool or not.
+ */
+let execaLoaded: Promise<typeof import('execa')> | undefined;
 
 /** Runs a tool; a failure becomes a short error naming the command and its stderr (never the whole argv). */
 export async function runTool(file: string, args: readonly string[], opts: Options = {}) {
-  const r = await execaRaw(file, args, { ...opts, reject: false });
+  const { execa } = await (execaLoaded ??= import('execa'));
+  const r = await execa(file, args, { ...opts, reject: false });
   if (r.exitCode !== 0 && opts.reject !== false) {
     const shown = [file, ...args.slice(0, 6)].join(' ') + (args.length > 6 ? ' …' : '');
     throw new Error(`${shown} failed (exit ${r.exitCode}): ${String(r.stderr ?? '').trim().slice(0, 500)}`);

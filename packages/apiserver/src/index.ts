@@ -2,8 +2,9 @@
  * @postern/apiserver — the gRPC API: Core API (CRUD, apply, watch for every kind), User API
  * (status, ListServices) and Auth API (login with auth token, refresh, logout), every call
  * authenticated by a session access token and authorized by @postern/policy. Also the client
- * the CLIs use. Imports apis, store, policy, authserver and proxy (for Explain); never the CLIs
- * or posternd.
+ * the CLIs use, on its own as `@postern/apiserver/client` (the server's imports — store, policy,
+ * proxy — are not loaded by a CLI command). Imports apis, store, policy, authserver and proxy (for
+ * Explain); never the CLIs or posternd.
  */
 export { ApiServer, apiCacheKinds, coreServiceName, userServiceName, type ApiServerOptions } from './server.js';
 export { ApiClient, type ApiClientOptions, type ApplyResult, type ConnectState, type ExplainResponse, type ServiceInfo, type SessionTokens, type WatchEvent, type GetStatusResponse } from './client.js';
