@@ -62,6 +62,43 @@ function literalEndpoint(endpoint: string): boolean {
   return m !== null && isIP(m[1]!) !== 0;
 }
 
+/** `wg set` arguments that set the peers `set` and remove the keys `remove`. */
+function wgSetArgs(set: readonly Peer[], remove: readonly string[]): string[] {
+  const args: string[] = [];
+  for (const p of set) {
+    args.push('peer', p.publicKey, 'allowed-ips', p.allowedIps.join(','));
+    if (p.endpoint) args.push('endpoint', p.endpoint);
+    args.push('persistent-keepalive', String(p.keepalive ?? 0));
+  }
+  for (const key of remove) args.push('peer', key, 'remove');
+  return args;
+}
+
+/**
+ * The same change as one UAPI `set` request. UAPI is line-based: every value is checked to be
+ * what it says first, so none can carry a second line.
+ */
+function uapiSet(set: readonly Peer[], remove: readonly string[]): string {
+  const hex = (key: string) => {
+    const bytes = Buffer.from(key, 'base64');
+    if (bytes.length !== 32 || bytes.toString('base64') !== key) throw new Error(`${JSON.stringify(key.slice(0, 60))} is not a WireGuard public key`);
+    return bytes.toString('hex');
+  };
+  const range = (cidr: string) => {
+    const [ip, bits, extra] = cidr.split('/');
+    if (extra !== undefined || !isIP(ip!) || !/^\d{1,3}$/.test(bits ?? '')) throw new Error(`${JSON.stringify(cidr.slice(0, 60))} is not an address range`);
+    return cidr;
+  };
+  const lines = ['set=1'];
+  for (const p of set) {
+    lines.push(`public_key=${hex(p.publicKey)}`, 'replace_allowed_ips=true', ...p.allowedIps.map((ip) => `allowed_ip=${range(ip)}`));
+    if (p.endpoint) lines.push(`endpoint=${p.endpoint}`);
+    lines.push(`persistent_keepalive_interval=${p.keepalive ?? 0}`);
+  }
+  for (const key of remove) lines.push(`public_key=${hex(key)}`, 'remove=true');
+  return `${lines.join('\n')}\n`;
+}
+
 const userspaceEnv = { WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD: '1' };
 const socketDir = '/var/run/wireguard';
 
@@ -200,22 +237,9 @@ export class WireGuardInterface {
    */
   async syncPeers(desired: readonly Peer[]): Promise<{ added: number; updated: number; removed: number }> {
     const current = new Map((await this.status()).peers.map((p) => [p.publicKey, p]));
-    const args: string[] = [];
-    // UAPI is line-based: every value is checked to be what it says, so none can carry a line.
-    const uapi: string[] = [];
-    const hex = (key: string) => {
-      const bytes = Buffer.from(key, 'base64');
-      if (bytes.length !== 32 || bytes.toString('base64') !== key) throw new Error(`${JSON.stringify(key.slice(0, 60))} is not a WireGuard public key`);
-      return bytes.toString('hex');
-    };
-    const range = (cidr: string) => {
-      const [ip, bits, extra] = cidr.split('/');
-      if (extra !== undefined || !isIP(ip!) || !/^\d{1,3}$/.test(bits ?? '')) throw new Error(`${JSON.stringify(cidr.slice(0, 60))} is not an address range`);
-      return cidr;
-    };
+    const set: Peer[] = [];
     let added = 0;
     let updated = 0;
-    let removed = 0;
     const want = new Map(desired.map((p) => [p.publicKey, p]));
     for (const p of desired) {
       const have = current.get(p.publicKey);
@@ -223,24 +247,15 @@ export class WireGuardInterface {
       if (same) continue;
       if (have) updated++;
       else added++;
-      args.push('peer', p.publicKey, 'allowed-ips', p.allowedIps.join(','));
-      if (p.endpoint) args.push('endpoint', p.endpoint);
-      args.push('persistent-keepalive', String(p.keepalive ?? 0));
-      uapi.push(`public_key=${hex(p.publicKey)}`, 'replace_allowed_ips=true', ...p.allowedIps.map((ip) => `allowed_ip=${range(ip)}`));
-      if (p.endpoint) uapi.push(`endpoint=${p.endpoint}`);
-      uapi.push(`persistent_keepalive_interval=${p.keepalive ?? 0}`);
+      set.push(p);
     }
-    for (const key of current.keys()) {
-      if (!want.has(key)) {
-        args.push('peer', key, 'remove');
-        uapi.push(`public_key=${hex(key)}`, 'remove=true');
-        removed++;
-      }
+    const remove = [...current.keys()].filter((key) => !want.has(key));
+    if (set.length || remove.length) {
+      const named = set.some((p) => p.endpoint !== undefined && !literalEndpoint(p.endpoint));
+      if (this.implementation === 'userspace' && !named) await this.uapi(uapiSet(set, remove));
+      else await runTool('wg', ['set', this.name, ...wgSetArgs(set, remove)]);
     }
-    const named = desired.some((p) => p.endpoint !== undefined && !literalEndpoint(p.endpoint));
-    if (args.length && this.implementation === 'userspace' && !named) await this.uapi(`set=1\n${uapi.join('\n')}\n`);
-    else if (args.length) await runTool('wg', ['set', this.name, ...args]);
-    return { added, updated, removed };
+    return { added, updated, removed: remove.length };
   }
 
   /** Removes the interface; wireguard-go exits when its TUN device goes. */
